@@ -40,7 +40,7 @@ SIZES = {
     # products, queries, mean judged per query
     "tiny": dict(n_products=400, n_queries=60, judged=12),
     "small": dict(n_products=4000, n_queries=600, judged=16),
-    "full": dict(n_products=1_800_000, n_queries=163_000, judged=16),
+    "full": dict(n_products=1_800_000, n_queries=130_000, judged=20),  # ESCI: 130k queries, 2.6M examples
 }
 LABEL_TARGET = {"E": 0.65, "S": 0.22, "C": 0.03, "I": 0.10}
 LOCALES = (("us", 0.88), ("es", 0.07), ("jp", 0.05))
@@ -321,41 +321,56 @@ class Catalog:
         pt = TYPES[self.type[i]]
         return pt.attr[1].format(v=pt.attr[0][self.attr[i]]) if self.attr[i] >= 0 else None
 
-    def render(self, i: int, rng: np.random.Generator) -> dict:
-        pt = TYPES[self.type[i]]
-        brand = pt.brands[self.brand[i]]
-        name = pt.names[self.name[i]]
-        parts = [f"{brand} {ADJ[self.adj[i]]} {name} {self.model_number(i)}"]
-        if self.feature[i] == 1:
-            parts.append(pt.feature[0])
-        elif self.feature[i] == 0 and pt.feature[2] and rng.random() < 0.5:
-            parts.append(pt.feature[2])
-        a = self._attr_title(i)
-        if a:
-            parts.append(a)
-        color = COLORS[self.color[i]] if self.color[i] >= 0 else None
-        if color:
-            parts.append(color)
-        title = ", ".join(parts)
-        if self.pack[i] >= 0 and pt.packs[self.pack[i]] > 1:
-            title += f" ({pt.pack_fmt.format(v=pt.packs[self.pack[i]])})"
-        m = self.missing[i]
-        spec = a or (pt.feature[0] if self.feature[i] == 1 else name)
-        bl = list(rng.choice(pt.bullets, size=min(len(pt.bullets), 3), replace=False)) if pt.bullets else []
-        bl.append(GENERIC_BULLETS[int(rng.integers(len(GENERIC_BULLETS)))])
-        if a:
-            bl.insert(1, f"{a.upper()}: choose the right {spec.lower()} for you")
-        bullets = "\n".join(b.upper() if k == 0 and rng.random() < 0.3 else b for k, b in enumerate(bl))
-        desc = " ".join(DESCRIPTIONS[int(j)].format(brand=brand, name=name, name_low=name.lower(), spec=spec)
-                        for j in rng.choice(len(DESCRIPTIONS), size=2, replace=False))
-        return {
-            "product_id": self.ids[i], "product_title": title,
-            "product_description": desc if m[0] > 0.55 else None,
-            "product_bullet_point": bullets if m[1] > 0.30 else None,
-            "product_brand": brand if m[2] > 0.08 else None,
-            "product_color": color if (color and m[3] > 0.35) else None,
-            "product_locale": LOCALES[self.locale[i]][0],
-        }
+    def render_chunk(self, start: int, stop: int, rng: np.random.Generator) -> dict[str, list]:
+        """Product rows [start, stop) as ESCI columns; all random draws are made up front."""
+        n = stop - start
+        neg_phrase = rng.random(n) < 0.5
+        upper_first = rng.random(n) < 0.3
+        generic = rng.integers(0, len(GENERIC_BULLETS), size=n)
+        bperm = rng.integers(0, 6, size=n)
+        d1 = rng.integers(0, len(DESCRIPTIONS), size=n)
+        d2 = (d1 + rng.integers(1, len(DESCRIPTIONS), size=n)) % len(DESCRIPTIONS)
+        cols: dict[str, list] = {f.name: [] for f in PRODUCTS_SCHEMA}
+        for k, i in enumerate(range(start, stop)):
+            pt = TYPES[self.type[i]]
+            brand = pt.brands[self.brand[i]]
+            name = pt.names[self.name[i]]
+            parts = [f"{brand} {ADJ[self.adj[i]]} {name} {self.model_number(i)}"]
+            feat = self.feature[i]
+            if feat == 1:
+                parts.append(pt.feature[0])
+            elif feat == 0 and pt.feature[2] and neg_phrase[k]:
+                parts.append(pt.feature[2])
+            a = pt.attr[1].format(v=pt.attr[0][self.attr[i]]) if self.attr[i] >= 0 else None
+            if a:
+                parts.append(a)
+            color = COLORS[self.color[i]] if self.color[i] >= 0 else None
+            if color:
+                parts.append(color)
+            title = ", ".join(parts)
+            if self.pack[i] >= 0 and pt.packs[self.pack[i]] > 1:
+                title += f" ({pt.pack_fmt.format(v=pt.packs[self.pack[i]])})"
+            spec = a or (pt.feature[0] if feat == 1 else name)
+            bl = [pt.bullets[j] for j in _PERMS3[bperm[k]] if j < len(pt.bullets)]
+            if a:
+                bl.insert(1, f"{a.upper()}: choose the right {spec.lower()} for you")
+            bl.append(GENERIC_BULLETS[generic[k]])
+            if upper_first[k]:
+                bl[0] = bl[0].upper()
+            m = self.missing[i]
+            cols["product_id"].append(self.ids[i])
+            cols["product_title"].append(title)
+            cols["product_description"].append(
+                (DESCRIPTIONS[d1[k]] + " " + DESCRIPTIONS[d2[k]]).format(
+                    brand=brand, name=name, name_low=name.lower(), spec=spec) if m[0] > 0.55 else None)
+            cols["product_bullet_point"].append("\n".join(bl) if m[1] > 0.30 else None)
+            cols["product_brand"].append(brand if m[2] > 0.08 else None)
+            cols["product_color"].append(color if (color and m[3] > 0.35) else None)
+            cols["product_locale"].append(LOCALES[self.locale[i]][0])
+        return cols
+
+
+_PERMS3 = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,22 +551,28 @@ def make_sample_catalog(raw_dir: Path, size: str = "small", seed: int = 0, chunk
         show = spec["n_products"] >= 200_000
         with parquet_writer(raw_dir / PRODUCTS_FILE, PRODUCTS_SCHEMA) as w:
             for s in tqdm(range(0, cat.n, chunk), desc="products", unit="chunk", disable=not show):
-                rows = [cat.render(i, rng) for i in range(s, min(cat.n, s + chunk))]
-                w.write_table(pa.Table.from_pylist(rows, schema=PRODUCTS_SCHEMA))
+                cols = cat.render_chunk(s, min(cat.n, s + chunk), rng)
+                w.write_table(pa.Table.from_pydict(cols, schema=PRODUCTS_SCHEMA))
         qrng = np.random.default_rng(seed + 2)
-        # seed products: us-heavy like ESCI's examples; queries split ~70/30 train/test by query
-        seeds = qrng.integers(0, cat.n, size=spec["n_queries"])
+        # queries from random seed products, drawn until n_queries distinct texts exist (the same
+        # text is one query with one id and one split, as in ESCI); ~70/30 train/test by query
         label_counts = {k: 0 for k in "ESCI"}
         example_id, seen_q = 0, {}
+        bar = tqdm(total=spec["n_queries"], desc="queries", unit="q", disable=not show)
         with parquet_writer(raw_dir / EXAMPLES_FILE, EXAMPLES_SCHEMA) as w:
             buf: dict[str, list] = {f.name: [] for f in EXAMPLES_SCHEMA}
-            for qn, srow in enumerate(tqdm(seeds, desc="queries", unit="q", disable=not show)):
-                q, cons = make_query(cat, int(srow), qrng)
-                if q in seen_q:  # the same query text is one query (one id, one split), as in ESCI
+            for attempt in range(20 * spec["n_queries"]):
+                if len(seen_q) >= spec["n_queries"]:
+                    break
+                srow = int(qrng.integers(0, cat.n))
+                q, cons = make_query(cat, srow, qrng)
+                if q in seen_q:
                     continue
+                qn = len(seen_q)
                 seen_q[q] = qn
+                bar.update(1)
                 n_j = int(np.clip(qrng.poisson(spec["judged"]), 4, 3 * spec["judged"]))
-                rows, labels = judge(cat, cons, int(srow), n_j, qrng)
+                rows, labels = judge(cat, cons, srow, n_j, qrng)
                 split = "train" if qrng.random() < 0.7 else "test"
                 small = int(qrng.random() < 0.4)
                 for r, lab in zip(rows, labels):
@@ -566,6 +587,7 @@ def make_sample_catalog(raw_dir: Path, size: str = "small", seed: int = 0, chunk
                     buf = {k: [] for k in buf}
             if buf["example_id"]:
                 w.write_table(pa.Table.from_pydict(buf, schema=EXAMPLES_SCHEMA))
+        bar.close()
     total = sum(label_counts.values())
     summary = {"size": size, "seed": seed, "n_products": cat.n, "n_queries": len(seen_q),
                "n_examples": total, "label_mix": {k: round(v / max(total, 1), 4) for k, v in label_counts.items()},

@@ -30,3 +30,27 @@ def tiny_data(tiny_raw, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data_tiny")
     prep.main(prep.parse_args(["--raw-dir", str(tiny_raw), "--data-dir", str(d)]))
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT (2 layers, hidden 32) with MiniLM's tokenizer, saved as an
+    HF model directory, so model tests run in milliseconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from utils import resolve_model_path
+    d = tmp_path_factory.mktemp("tiny_encoder")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def tiny_model(tiny_encoder_dir):
+    from two_tower_model import TwoTowerModel
+    return TwoTowerModel.from_pretrained(str(tiny_encoder_dir))

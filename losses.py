@@ -1,0 +1,243 @@
+"""Loss functions for the two-tower model (phase 3), in the style of sentence-transformers' losses.
+
+Every loss takes L2-normalised embeddings (so `q @ p.T` is cosine similarity) and optional
+per-example weights (the ESCI relevance weights: E 1.0, S 0.9, C 0.6), and returns a scalar: the
+weighted mean over examples, sum(w_i * loss_i) / sum(w_i).
+
+    WeightedContrastiveLoss  pairs (query, product, label): positives pulled in, negatives pushed past a margin
+    TripletLoss              (anchor, positive, negative[s]) with a margin
+    InBatchNegativesLoss     InfoNCE over in-batch positives + explicit hard negatives, with
+                             accidental-hit masking and optional logQ correction
+    CombinedLoss             InBatchNegativesLoss + contrastive_weight * WeightedContrastiveLoss
+
+Helpers: `accidental_hit_mask` builds the mask of candidates that must not count as negatives,
+`log_sampling_probabilities` estimates logQ terms from training-pair frequencies.
+
+Example (CPU, runs in a second):
+    python -c "import torch, losses; q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1); \
+print(losses.InBatchNegativesLoss()(q, q))"
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NEG_INF = -1e4  # large negative logit; finite so that bf16/fp16 never produce NaNs
+
+
+def _weighted_mean(per_example: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """sum(w * x) / sum(w); plain mean without weights."""
+    if weights is None:
+        return per_example.mean()
+    w = weights.to(per_example.dtype)
+    return (per_example * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class WeightedContrastiveLoss(nn.Module):
+    """Contrastive loss on cosine distance d = 1 - cos(q, p) (Hadsell, Chopra & LeCun, CVPR 2006;
+    the cosine form of sentence-transformers' ContrastiveLoss):
+
+        loss_i = 1/2 * [ y_i * d_i^2 + (1 - y_i) * relu(margin - d_i)^2 ]
+
+    Positives (y = 1) are pulled together; negatives (y = 0) are pushed until their distance is at
+    least `margin` (cos <= 1 - margin) and then ignored.
+
+    Args:
+        margin: cosine-distance margin for negatives (default 0.5; 0.2 would stop pushing at cos 0.8).
+    Inputs:
+        query_emb (n, d), product_emb (n, d): L2-normalised pairs.
+        labels (n,): 1 for a positive pair, 0 for a negative.
+        weights (n,) optional: per-pair weights.
+    """
+
+    def __init__(self, margin: float = 0.5):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, query_emb: torch.Tensor, product_emb: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        d = 1.0 - (query_emb * product_emb).sum(-1)  # (n,)
+        y = labels.to(d.dtype)
+        per = 0.5 * (y * d.pow(2) + (1 - y) * F.relu(self.margin - d).pow(2))  # (n,)
+        return _weighted_mean(per, weights)
+
+
+class TripletLoss(nn.Module):
+    """Triplet loss on cosine distance (Schroff, Kalenichenko & Philbin, FaceNet, CVPR 2015):
+
+        loss_i = mean_k relu( d(a_i, p_i) - d(a_i, n_ik) + margin ),   d = 1 - cos
+
+    Args:
+        margin: required gap between the negative's and the positive's distance (default 0.2).
+    Inputs:
+        anchor (b, d), positive (b, d): L2-normalised.
+        negative (b, d) or (b, k, d): one or k negatives per anchor.
+        weights (b,) optional: per-anchor weights.
+        negative_mask (b, k) optional bool: True where a negative slot is padding (ignored).
+    """
+
+    def __init__(self, margin: float = 0.2):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                weights: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if negative.dim() == 2:
+            negative = negative.unsqueeze(1)  # (b, 1, d)
+        d_pos = 1.0 - (anchor * positive).sum(-1, keepdim=True)  # (b, 1)
+        d_neg = 1.0 - torch.einsum("bd,bkd->bk", anchor, negative)  # (b, k)
+        per = F.relu(d_pos - d_neg + self.margin)  # (b, k)
+        valid = torch.ones_like(per) if negative_mask is None else (~negative_mask).to(per.dtype)
+        per = (per * valid).sum(-1) / valid.sum(-1).clamp_min(1)  # (b,)
+        return _weighted_mean(per, weights)
+
+
+class InBatchNegativesLoss(nn.Module):
+    """InfoNCE with in-batch negatives (van den Oord et al. 2018; Henderson et al. 2017, the
+    MultipleNegativesRankingLoss of sentence-transformers; DPR, Karpukhin et al. 2020), with
+    explicit hard negatives, accidental-hit masking and optional logQ correction (Yi et al.,
+    "Sampling-bias-corrected neural modeling for large corpus item recommendations", RecSys 2019).
+
+    Row i scores its query against every candidate of the batch: the b in-batch positives
+    followed by all b * k explicit negatives. The target is column i (its own positive).
+
+        logits = scale * cos(q, candidates) - log_q        scale = 1 / temperature
+        loss_i = cross_entropy(logits_i, i)
+
+    Accidental hits: a candidate that is the same product as row i's positive, or a product judged
+    E/S/C for row i's query, is not a negative for row i; it is masked out of row i's softmax (its
+    logit set to a large negative number). The diagonal is never masked. ESCI queries have many
+    positives: unmasked, they would teach the model to push relevant products away.
+
+    Args:
+        temperature: softmax temperature (default 0.05, i.e. scale 20 as in sentence-transformers).
+    Inputs:
+        query_emb (b, d), positive_emb (b, d): L2-normalised; row i's positive is positive_emb[i].
+        negative_emb (b, k, d) optional: k explicit (hard/random) negatives per row, shared by the batch.
+        weights (b,) optional: per-row weights.
+        mask (b, b + b*k) optional bool: True where the candidate must not be a negative for the row
+            (see `accidental_hit_mask`); padding negative slots should be masked for every row.
+        log_q (b + b*k,) optional: log sampling probability of each candidate (logQ correction);
+            use 0 for candidates whose probability is unknown.
+    Returns:
+        scalar loss.
+    """
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        self.temperature = temperature
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / self.temperature
+
+    def logits(self, query_emb: torch.Tensor, positive_emb: torch.Tensor,
+               negative_emb: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """The masked, corrected logit matrix (b, b + b*k)."""
+        cands = positive_emb if negative_emb is None else torch.cat(
+            [positive_emb, negative_emb.reshape(-1, negative_emb.shape[-1])], 0)  # (b + b*k, d)
+        logits = self.scale * (query_emb @ cands.T)  # (b, b + b*k)
+        if log_q is not None:
+            logits = logits - log_q.to(logits.dtype).unsqueeze(0)
+        if mask is not None:
+            b = query_emb.shape[0]
+            mask = mask.clone()
+            mask[torch.arange(b), torch.arange(b)] = False  # the own positive is always the target
+            logits = logits.masked_fill(mask, NEG_INF)
+        return logits
+
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor,
+                negative_emb: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, log_q: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.logits(query_emb, positive_emb, negative_emb, mask, log_q)  # (b, b + b*k)
+        target = torch.arange(logits.shape[0], device=logits.device)
+        per = F.cross_entropy(logits.float(), target, reduction="none")  # (b,)
+        return _weighted_mean(per, weights)
+
+
+class CombinedLoss(nn.Module):
+    """The plan's recommendation: in-batch negatives plus a weighted contrastive term,
+
+        loss = InBatchNegativesLoss(q, p, negs) + contrastive_weight * WeightedContrastiveLoss(pairs)
+
+    where the contrastive pairs are each row's positive (label 1, weight w_i) and each of its
+    explicit negatives (label 0, weight 1). Padding negative slots are skipped.
+
+    Args:
+        temperature: InfoNCE temperature (scale = 1 / temperature).
+        margin: contrastive cosine-distance margin.
+        contrastive_weight: mixing weight of the contrastive term (default 0.5; 0 = pure InfoNCE).
+    Inputs: as InBatchNegativesLoss, plus
+        negative_valid (b, k) optional bool: False for padding negative slots.
+    """
+
+    def __init__(self, temperature: float = 0.05, margin: float = 0.5, contrastive_weight: float = 0.5):
+        super().__init__()
+        self.in_batch = InBatchNegativesLoss(temperature)
+        self.contrastive = WeightedContrastiveLoss(margin)
+        self.contrastive_weight = contrastive_weight
+
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor,
+                negative_emb: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
+                negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.in_batch(query_emb, positive_emb, negative_emb, weights, mask, log_q)
+        if self.contrastive_weight == 0:
+            return loss
+        b = query_emb.shape[0]
+        w_pos = weights if weights is not None else torch.ones(b, device=query_emb.device)
+        q, p, y, w = [query_emb], [positive_emb], [torch.ones(b, device=query_emb.device)], [w_pos]
+        if negative_emb is not None:
+            k = negative_emb.shape[1]
+            keep = (negative_valid if negative_valid is not None
+                    else torch.ones(b, k, dtype=torch.bool, device=query_emb.device)).reshape(-1)
+            q.append(query_emb.repeat_interleave(k, 0)[keep])  # (b*k', d)
+            p.append(negative_emb.reshape(b * k, -1)[keep])
+            y.append(torch.zeros(int(keep.sum()), device=query_emb.device))
+            w.append(torch.ones(int(keep.sum()), device=query_emb.device))
+        pair_loss = self.contrastive(torch.cat(q), torch.cat(p), torch.cat(y), torch.cat(w))
+        return loss + self.contrastive_weight * pair_loss
+
+
+LOSSES = {"combined": CombinedLoss, "infonce": InBatchNegativesLoss,
+          "contrastive": WeightedContrastiveLoss, "triplet": TripletLoss}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def accidental_hit_mask(row_query_ids: Iterable[int], row_positive_ids: Iterable[int],
+                        candidate_ids: Iterable[int],
+                        positives_by_query: Mapping[int, set] | None = None) -> torch.Tensor:
+    """Bool mask (b, c): True where candidate j must not count as a negative for row i.
+
+    A candidate is masked for row i when it is the same product as row i's positive
+    (row_positive_ids[i] == candidate_ids[j]) or is judged positive (E/S/C) for row i's query
+    (candidate_ids[j] in positives_by_query[row_query_ids[i]]). The loss unmasks the diagonal.
+    Candidate id -1 marks a padding slot: masked for every row."""
+    rq = list(row_query_ids)
+    rp = torch.as_tensor(list(row_positive_ids), dtype=torch.long)
+    cand = torch.as_tensor(list(candidate_ids), dtype=torch.long)
+    mask = (rp.unsqueeze(1) == cand.unsqueeze(0)) | (cand.unsqueeze(0) < 0)  # (b, c)
+    if positives_by_query:
+        cand_list = cand.tolist()
+        for i, q in enumerate(rq):
+            pos = positives_by_query.get(q)
+            if pos:
+                for j, c in enumerate(cand_list):
+                    if c in pos:
+                        mask[i, j] = True
+    return mask
+
+
+def log_sampling_probabilities(product_ids: np.ndarray, smoothing: float = 1.0) -> dict:
+    """logQ terms: log of each product's frequency among the training positives (add-`smoothing`),
+    the probability that it appears as an in-batch candidate under uniform batch sampling."""
+    ids, counts = np.unique(np.asarray(product_ids), return_counts=True)
+    p = (counts + smoothing) / (counts.sum() + smoothing * len(ids))
+    return dict(zip(ids.tolist(), np.log(p).tolist()))

