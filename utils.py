@@ -69,7 +69,7 @@ def setup_logging(level: str | int = "INFO") -> None:
         root.addHandler(handler)
     root.setLevel(level)
     # Keep third-party chatter out of the step logs.
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers",
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers", "faiss",
                   "transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
@@ -329,3 +329,35 @@ def require_file(path: Path, what: str, hint: str) -> Path:
     if not Path(path).is_file():
         raise UserError(f"{what} not found: {path} ({hint})")
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-process (torchrun) helpers
+# ---------------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int]:
+    """(rank, world_size); under torchrun (WORLD_SIZE > 1) initialise the process group:
+    NCCL on GPUs, gloo on CPUs. A single process returns (0, 1) and initialises nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    if "torch" not in sys.modules:
+        return True
+    import torch.distributed as dist
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

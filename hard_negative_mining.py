@@ -1,0 +1,168 @@
+"""Phase 5: mine hard negatives for the training queries with a model (iteratively, per stage).
+
+Reads: --checkpoint (default checkpoints/stage1.pt) or --baseline; data/products_clean.parquet,
+data/training_pairs.parquet (the training queries), data/ground_truth.parquet (judged labels).
+Writes: --output (default data/hard_negatives_stage2.parquet) in the training-pair schema with
+neg_type "hard", plus round, score, rank, pos_score; and a stats JSON next to it
+(<output stem>_stats.json: queries mined, candidates dropped as judged positives / by margin /
+by range, histogram of negative scores relative to the query's positive score).
+
+For each training query: retrieve the top --top-k of the catalog (exact inner product over the
+cached catalog embeddings, in query batches), drop every product judged E/S/C for the query, skip
+ranks before --skip-top, drop candidates scoring above (1 - --margin) x the mean score of the
+query's judged positives (likely unjudged positives: false negatives), keep I-judged or unjudged
+products, and take the best --num-negatives. Deterministic for a given model and data.
+
+Example (CPU, tiny sample):
+    python hard_negative_mining.py --baseline --data-dir /tmp/d --output /tmp/d/hard_negatives_stage2.parquet
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from tqdm import tqdm
+
+from embeddings import build_index, encode_catalog, search
+from reindex_with_trained_model import add_model_source_args, load_catalog, load_model_from_args
+from utils import (DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config, is_main_process,
+                   log, parquet_writer, peak_rss_mb, require_file, run_cli, write_json)
+
+HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
+                         ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),
+                         ("esci_label", pa.string()), ("neg_type", pa.string()), ("split", pa.string()),
+                         ("stage", pa.int8()), ("round", pa.int16()), ("score", pa.float32()),
+                         ("rank", pa.int32()), ("pos_score", pa.float32())])
+HIST_BINS = [-1.0, 0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 10.0]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_source_args(p, DEFAULT_CHECKPOINT_DIR / "stage1.pt")
+    p.add_argument("--output", type=Path, default=None, help="default: DATA_DIR/hard_negatives_stage2.parquet")
+    p.add_argument("--top-k", type=int, default=100, help="candidates retrieved per query")
+    p.add_argument("--num-negatives", type=int, default=15, help="hard negatives kept per query")
+    p.add_argument("--skip-top", type=int, default=0, help="ignore the first N ranks (range start)")
+    p.add_argument("--margin", type=float, default=0.05,
+                   help="drop candidates scoring above (1 - margin) x the query's mean positive score")
+    p.add_argument("--round", type=int, default=None, help="mining round (default: from the checkpoint's stage)")
+    p.add_argument("--query-batch", type=int, default=1024)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, judged_pos: dict, pos_score: np.ndarray,
+         top_k: int, num_negatives: int, skip_top: int, margin: float, batch: int = 1024):
+    """Per query: the kept (catalog row, score, rank) lists and drop counters."""
+    drops = {"judged_positive": 0, "margin": 0, "range": 0, "beyond_num_negatives": 0}
+    kept_q, kept_r, kept_s, kept_rank = [], [], [], []
+    for s in tqdm(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
+        scores, rows = search(index, q_emb[s:s + batch], top_k, batch)
+        for j in range(len(rows)):
+            qi = s + j
+            pos = judged_pos.get(query_ids[qi], ())
+            limit = (1.0 - margin) * pos_score[qi] if np.isfinite(pos_score[qi]) else np.inf
+            n = 0
+            for rank, (r, sc) in enumerate(zip(rows[j], scores[j])):
+                if r < 0:
+                    break
+                if cat_ids[r] in pos:
+                    drops["judged_positive"] += 1
+                elif rank < skip_top:
+                    drops["range"] += 1
+                elif sc > limit:
+                    drops["margin"] += 1
+                elif n >= num_negatives:
+                    drops["beyond_num_negatives"] += 1
+                else:
+                    kept_q.append(qi); kept_r.append(r); kept_s.append(sc); kept_rank.append(rank + 1)
+                    n += 1
+    return np.asarray(kept_q, dtype=np.int64), np.asarray(kept_r, dtype=np.int64), \
+        np.asarray(kept_s, dtype=np.float32), np.asarray(kept_rank, dtype=np.int32), drops
+
+
+def main(args: argparse.Namespace) -> dict:
+    out = args.output or args.data_dir / "hard_negatives_stage2.parquet"
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists (a mining round is never overwritten silently); pass --overwrite or "
+                        f"choose another --output, e.g. {out.with_name(out.stem + '_round2.parquet')}")
+    with Timer() as total:
+        model, info = load_model_from_args(args)
+        products = load_catalog(args.data_dir)
+        pairs_path = require_file(args.data_dir / "training_pairs.parquet", "training pairs",
+                                  "run prepare_training_data.py first")
+        queries = pd.read_parquet(pairs_path, columns=["query_id", "query"]).drop_duplicates("query_id")
+        gt = pd.read_parquet(require_file(args.data_dir / "ground_truth.parquet", "ground truth",
+                                          "run prepare_training_data.py first"))
+        emb, _ = encode_catalog(model, products, args.data_dir / "embeddings_cache" / ("baseline" if args.baseline
+                                else Path(str(args.checkpoint)).stem), batch_size=args.batch_size)
+        if not is_main_process():
+            return {}
+        cat_ids = products["product_id"].to_numpy()
+        judged = gt[gt["esci_label"].isin(["E", "S", "C"])]
+        judged_pos = {q: set(g) for q, g in judged.groupby("query_id")["product_id"]}
+        qids = queries["query_id"].to_numpy()
+        q_emb = model.encode_queries(queries["query"].tolist(), show_progress=len(queries) > 10_000)
+        # each query's mean positive score (E/S judged positives in the catalog) for the margin guard
+        row_of = pd.Series(np.arange(len(products)), index=cat_ids)
+        es = gt[gt["esci_label"].isin(["E", "S"]) & gt["query_id"].isin(qids)]
+        pr = row_of.reindex(es["product_id"].to_numpy()).to_numpy()
+        ok = ~np.isnan(pr)
+        es = es[ok].assign(row=pr[ok].astype(np.int64))
+        qpos = pd.Series(np.arange(len(qids)), index=qids)
+        qi = qpos.reindex(es["query_id"].to_numpy()).to_numpy()
+        s_pos = np.einsum("nd,nd->n", q_emb[qi], np.asarray(emb[es["row"].to_numpy()]))
+        pos_score = np.full(len(qids), np.nan, dtype=np.float32)
+        mean = pd.Series(s_pos).groupby(qi).mean()
+        pos_score[mean.index.to_numpy()] = mean.to_numpy()
+        index = build_index(emb, "flat")
+        kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
+                                        args.num_negatives, args.skip_top, args.margin, args.query_batch)
+        labels = gt.set_index(["query_id", "product_id"])["esci_label"]
+        key = pd.MultiIndex.from_arrays([qids[kq], cat_ids[kr]])
+        esci = labels.reindex(key).to_numpy()
+        rnd = args.round or int(_stage_of(args)) or 1
+        table = pa.Table.from_pydict({
+            "query_id": qids[kq].astype(np.int64), "query": queries["query"].to_numpy()[kq],
+            "product_id": cat_ids[kr], "product_text": products["product_text"].to_numpy()[kr],
+            "label": np.zeros(len(kq), np.float32), "weight": np.ones(len(kq), np.float32),
+            "esci_label": np.where(pd.isna(esci), None, esci), "neg_type": np.full(len(kq), "hard"),
+            "split": np.full(len(kq), "train"), "stage": np.full(len(kq), 2, np.int8),
+            "round": np.full(len(kq), rnd, np.int16), "score": ks, "rank": krank,
+            "pos_score": pos_score[kq]}, schema=HARD_SCHEMA)
+        with parquet_writer(out, HARD_SCHEMA) as w:
+            w.write_table(table)
+    rel = ks / np.where(pos_score[kq] > 0, pos_score[kq], np.nan)
+    hist, _ = np.histogram(rel[np.isfinite(rel)], bins=HIST_BINS)
+    stats = {"output": str(out), "model": info, "round": rnd, "queries": len(qids),
+             "queries_with_negatives": int(len(np.unique(kq))), "negatives": int(len(kq)),
+             "negatives_per_query": round(len(kq) / max(len(qids), 1), 2),
+             "negatives_judged_I": int((esci == "I").sum()), "negatives_unjudged": int(pd.isna(esci).sum()),
+             "dropped": drops, "score_over_pos_score_histogram": {
+                 f"[{a},{b})": int(h) for a, b, h in zip(HIST_BINS[:-1], HIST_BINS[1:], hist)},
+             "mean_negative_score": round(float(ks.mean()), 4) if len(ks) else None,
+             "mean_positive_score": round(float(np.nanmean(pos_score)), 4) if np.isfinite(pos_score).any() else None,
+             "seconds": round(total.seconds, 1), "peak_rss_mb": round(peak_rss_mb()),
+             "config": args_to_config(args)}
+    write_json(out.with_name(out.stem + "_stats.json"), stats)
+    log.info("mined %s hard negatives for %s queries (%.1f/query; %s I-judged, %s unjudged); dropped %s -> %s",
+             f"{len(kq):,}", f"{len(qids):,}", stats["negatives_per_query"], stats["negatives_judged_I"],
+             stats["negatives_unjudged"], drops, out)
+    return stats
+
+
+def _stage_of(args: argparse.Namespace) -> int:
+    """The training stage recorded in the checkpoint (mining round = that stage)."""
+    if args.baseline or args.checkpoint is None or not Path(args.checkpoint).is_file():
+        return 0
+    from two_tower_model import load_checkpoint_file
+    return int(load_checkpoint_file(args.checkpoint).get("progress", {}).get("stage", 0))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, parse_args()))

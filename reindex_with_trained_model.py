@@ -1,0 +1,156 @@
+"""Phase 6: embed the catalog with a model's product tower and build FAISS indices.
+
+Reads: --checkpoint (default checkpoints/best_model.pt) or, with --baseline, the pretrained base
+model; data/products_clean.parquet; data/val_pairs queries (for the HNSW recall report).
+Writes (--index-dir; default data/indices, or data/indices_baseline with --baseline):
+  faiss_index_flat.bin   exact inner product (cosine on normalised embeddings)
+  faiss_index_hnsw.bin   HNSW (--hnsw-m, --ef-construction, --ef-search)
+  faiss_index_custom.bin with --index-factory (e.g. "IVF4096,PQ48" for very large catalogs)
+  product_ids.parquet    index row -> product_id
+  metadata.json          model (source, checksum, base model, dimension), catalog checksum and
+                         size, index parameters, HNSW recall@10/@100 vs Flat, queries/s, build time
+  embeddings.npy/.json   the cached catalog embeddings (reused when model and catalog are unchanged)
+
+Example (CPU, tiny sample, ~30 s):
+    python reindex_with_trained_model.py --baseline --data-dir /tmp/d
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embeddings import (build_index, catalog_fingerprint, encode_catalog, model_fingerprint, save_index_meta,
+                        search, write_index)
+from two_tower_model import TwoTowerModel
+from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config,
+                   file_sha256, get_device, init_distributed, is_main_process, log, require_file, run_cli)
+
+
+def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path | None) -> None:
+    """--checkpoint / --baseline / --base-model: which model to encode with (shared with the miner)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", type=Path, default=default_checkpoint, help="trained checkpoint (.pt or dir)")
+    g.add_argument("--baseline", action="store_true", help="use the pretrained base model instead")
+    g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base model for --baseline")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--batch-size", type=int, default=64, help="products per encode batch")
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple[TwoTowerModel, dict]:
+    """The model and a JSON description of where it came from."""
+    if args.baseline:
+        model = TwoTowerModel.from_pretrained(args.base_model)
+        info = {"source": args.base_model, "kind": "baseline", "checksum": None}
+    else:
+        if args.checkpoint is None:
+            raise UserError("give --checkpoint PATH or --baseline")
+        model = TwoTowerModel.from_pretrained(args.checkpoint)
+        info = {"source": str(args.checkpoint), "kind": "checkpoint",
+                "checksum": file_sha256(args.checkpoint) if Path(args.checkpoint).is_file() else None}
+    info.update(base_model=model.config.base_model, dim=model.config.embedding_dim,
+                tower_sharing=model.config.tower_sharing)
+    return model.to(get_device(args.device)), info
+
+
+def load_catalog(data_dir: Path) -> pd.DataFrame:
+    path = require_file(data_dir / "products_clean.parquet", "catalog", "run prepare_training_data.py first")
+    return pd.read_parquet(path, columns=["product_id", "product_text"])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_source_args(p, DEFAULT_CHECKPOINT_DIR / "best_model.pt")
+    p.add_argument("--index-dir", type=Path, default=None,
+                   help="output directory (default: DATA_DIR/indices, or DATA_DIR/indices_baseline)")
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--ef-search", type=int, default=128)
+    p.add_argument("--no-hnsw", action="store_true", help="build the Flat index only")
+    p.add_argument("--index-factory", default=None, help="also build a faiss index_factory index")
+    p.add_argument("--report-queries", type=int, default=2000, help="queries for the HNSW-vs-Flat report")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+def recall_vs_flat(flat, other, queries: np.ndarray, ks=(10, 100)) -> dict:
+    """Recall@k of an approximate index against exact Flat results, and both indices' queries/s."""
+    out = {}
+    kmax = min(max(ks), flat.ntotal)
+    t = time.perf_counter()
+    _, exact = search(flat, queries, kmax)
+    out["flat_qps"] = round(len(queries) / (time.perf_counter() - t), 1)
+    t = time.perf_counter()
+    _, approx = search(other, queries, kmax)
+    out["qps"] = round(len(queries) / (time.perf_counter() - t), 1)
+    for k in ks:
+        k2 = min(k, kmax)
+        out[f"recall@{k}"] = round(float(np.mean([len(set(a[:k2]) & set(b[:k2])) / k2
+                                                 for a, b in zip(exact, approx)])), 4)
+    return out
+
+
+def main(args: argparse.Namespace) -> dict:
+    init_distributed()
+    index_dir = args.index_dir or args.data_dir / ("indices_baseline" if args.baseline else "indices")
+    model, info = load_model_from_args(args)
+    products = load_catalog(args.data_dir)
+    with Timer() as t_enc:
+        emb, emb_meta = encode_catalog(model, products, index_dir, batch_size=args.batch_size)
+    if not is_main_process():
+        return {}
+    meta = {"model": info, "model_fingerprint": emb_meta["fingerprint"]["model"],
+            "catalog_fingerprint": catalog_fingerprint(products), "catalog_size": len(products),
+            "dim": int(emb.shape[1]), "metric": "inner_product", "hnsw_m": args.hnsw_m,
+            "ef_construction": args.ef_construction, "ef_search": args.ef_search,
+            "index_factory": args.index_factory, "encode_seconds": round(t_enc.seconds, 1),
+            "encode_products_per_s": emb_meta.get("products_per_s"),
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": args_to_config(args)}
+    with Timer() as t:
+        flat = build_index(emb, "flat")
+        write_index(flat, index_dir / "faiss_index_flat.bin")
+    meta["flat_build_seconds"] = round(t.seconds, 2)
+    qtexts = _report_queries(args.data_dir, args.report_queries, args.seed)
+    qemb = model.encode_queries(qtexts) if qtexts else np.zeros((0, emb.shape[1]), np.float32)
+    built = {}
+    if not args.no_hnsw:
+        with Timer() as t:
+            built["hnsw"] = build_index(emb, "hnsw", args.hnsw_m, args.ef_construction, args.ef_search)
+            write_index(built["hnsw"], index_dir / "faiss_index_hnsw.bin")
+        meta["hnsw_build_seconds"] = round(t.seconds, 2)
+    if args.index_factory:
+        with Timer() as t:
+            built["custom"] = build_index(emb, "factory", factory=args.index_factory)
+            write_index(built["custom"], index_dir / "faiss_index_custom.bin")
+        meta["custom_build_seconds"] = round(t.seconds, 2)
+    for name, idx in built.items():
+        if len(qemb):
+            meta[f"{name}_vs_flat"] = recall_vs_flat(flat, idx, qemb)
+            log.info("%s vs flat on %d queries: %s", name, len(qemb), meta[f"{name}_vs_flat"])
+    save_index_meta(index_dir, products, meta)
+    log.info("indexed %s products (dim %d) with %s in %s", f"{len(products):,}", emb.shape[1], info["source"],
+             index_dir)
+    return meta
+
+
+def _report_queries(data_dir: Path, n: int, seed: int) -> list[str]:
+    """Validation queries (else test, else any) for the HNSW-vs-Flat report."""
+    gt_path = data_dir / "ground_truth.parquet"
+    if not gt_path.is_file() or n <= 0:
+        return []
+    gt = pd.read_parquet(gt_path, columns=["query", "split"]).drop_duplicates("query")
+    for split in ("val", "test", "train"):
+        q = gt.loc[gt["split"] == split, "query"]
+        if len(q):
+            return q.sample(min(n, len(q)), random_state=seed).tolist()
+    return []
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, parse_args()))

@@ -1,0 +1,170 @@
+"""Training data for train_two_tower.py: tokenise once, plan batches deterministically.
+
+- `TokenStore`: every needed text tokenised once into one flat int32 array + offsets (bounded
+  memory at ESCI scale), padded per batch to the batch's longest text only.
+- `StageData`: the positives of a stage (E+S, plus C from stage 3), each query's explicit
+  negatives (labelled I, random, and mined hard negatives from stage 2), the judged positives per
+  query for accidental-hit masking, and logQ terms.
+- `plan_epoch`: a seeded, reproducible list of batches for one epoch: shuffled, length-bucketed
+  within windows (fewer pad tokens), no product twice in a batch where avoidable, and the
+  explicit negatives of each row drawn up front, so a resumed run sees exactly the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from utils import UserError, log, require_file
+
+
+class TokenStore:
+    """Token ids of many texts in one flat array; `batch(rows)` returns padded tensors."""
+
+    def __init__(self, tokenizer, texts: list[str], max_len: int, chunk: int = 65_536):
+        self.pad_id = tokenizer.pad_token_id or 0
+        parts, lens = [], []
+        for s in range(0, len(texts), chunk):
+            ids = tokenizer(texts[s:s + chunk], truncation=True, max_length=max_len)["input_ids"]
+            lens.extend(len(x) for x in ids)
+            parts.append(np.fromiter((t for x in ids for t in x), dtype=np.int32))
+        self.lengths = np.asarray(lens, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = np.asarray(rows)
+        width = int(self.lengths[rows].max())
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        att = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            a, b = self.offsets[i], self.offsets[i + 1]
+            ids[r, :b - a] = self.flat[a:b]
+            att[r, :b - a] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(att)}
+
+
+@dataclass
+class Batch:
+    q_rows: np.ndarray        # (b,) query index
+    p_rows: np.ndarray        # (b,) catalog row of the positive
+    weights: np.ndarray       # (b,)
+    neg_rows: np.ndarray      # (b, k) catalog rows of explicit negatives, -1 = padding
+
+
+class StageData:
+    """The pairs one stage trains on, indexed by query index and catalog row."""
+
+    def __init__(self, data_dir: Path, split: str, stage: int, hard_negative_files: list[Path],
+                 catalog_index: pd.Series):
+        name = {"train": "training_pairs", "val": "val_pairs"}[split]
+        path = require_file(data_dir / f"{name}.parquet", f"{split} pairs",
+                            "run prepare_training_data.py first")
+        cols = ["query_id", "query", "product_id", "label", "weight", "neg_type", "stage"]
+        pairs = pd.read_parquet(path, columns=cols)
+        if pairs.empty:
+            raise UserError(f"{path} has no rows; re-run prepare_training_data.py")
+        for f in hard_negative_files:
+            hn = pd.read_parquet(f, columns=["query_id", "query", "product_id"])
+            log.info("adding %s hard negatives from %s", f"{len(hn):,}", f)
+            pairs = pd.concat([pairs, hn.assign(label=0.0, weight=1.0, neg_type="hard", stage=1)],
+                              ignore_index=True)
+        pairs = pairs[pairs["stage"] <= stage]
+        prow = catalog_index.reindex(pairs["product_id"].to_numpy()).to_numpy()
+        missing = np.isnan(prow)
+        if missing.any():
+            ex = pairs.loc[missing, "product_id"].iloc[0]
+            raise UserError(f"{path}: {int(missing.sum())} pair(s) name products that are not in "
+                            f"products_clean.parquet (e.g. {ex}); re-run prepare_training_data.py")
+        pairs = pairs.assign(prow=prow.astype(np.int64))
+        qcodes, quniq = pd.factorize(pairs["query_id"])
+        pairs = pairs.assign(qidx=qcodes)
+        self.query_ids = np.asarray(quniq)
+        self.query_texts = pairs.drop_duplicates("qidx").sort_values("qidx")["query"].tolist()
+        pos = pairs[pairs["label"] > 0]
+        if pos.empty:
+            raise UserError(f"{path}: no positive pairs for stage {stage}")
+        self.pos_q = pos["qidx"].to_numpy()
+        self.pos_p = pos["prow"].to_numpy()
+        self.pos_w = pos["weight"].to_numpy(np.float32)
+        neg = pairs[pairs["label"] == 0]
+        # hard negatives first in each query's pool (the sampler prefers them)
+        neg = neg.assign(hard=(neg["neg_type"] == "hard").astype(int)).sort_values(
+            ["qidx", "hard"], ascending=[True, False], kind="stable")
+        self.neg_start = np.searchsorted(neg["qidx"].to_numpy(), np.arange(len(self.query_ids) + 1))
+        self.neg_rows = neg["prow"].to_numpy()
+        self.neg_hard = neg["hard"].to_numpy().astype(bool)
+        self.counts = {"positives": len(pos), "queries": len(self.query_ids),
+                       "negatives": {k: int(v) for k, v in neg["neg_type"].value_counts().items()}}
+
+    def positives_by_query(self, extra: dict | None = None) -> dict[int, set]:
+        """qidx -> catalog rows judged positive (for masking accidental hits)."""
+        out: dict[int, set] = {}
+        for q, p in zip(self.pos_q.tolist(), self.pos_p.tolist()):
+            out.setdefault(q, set()).add(p)
+        for q, rows in (extra or {}).items():
+            out.setdefault(q, set()).update(rows)
+        return out
+
+
+def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,
+               epoch: int, bucket_batches: int = 16) -> list[Batch]:
+    """The batches of one epoch, reproducible from (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(data.pos_q))
+    window = batch_size * bucket_batches
+    batches: list[Batch] = []
+    carry: list[int] = []
+    for w0 in range(0, len(order), window):
+        win = np.concatenate([np.asarray(carry, dtype=np.int64), order[w0:w0 + window]])
+        carry = []
+        # length bucketing: similar product lengths share a batch (less padding)
+        win = win[np.argsort(product_lengths[data.pos_p[win]], kind="stable")]
+        pending = list(win)
+        win_batches = []
+        while pending:
+            seen, cur, rest = set(), [], []
+            for i in pending:
+                p = data.pos_p[i]
+                if len(cur) < batch_size and p not in seen:
+                    cur.append(i)
+                    seen.add(p)
+                else:
+                    rest.append(i)
+            if len(cur) < batch_size and w0 + window < len(order):
+                carry = cur + rest  # too few distinct products left: move on to the next window
+                break
+            win_batches.append(np.asarray(cur))
+            pending = rest
+        rng.shuffle(win_batches)
+        batches.extend(_with_negatives(data, b, n_neg, rng) for b in win_batches)
+    return batches
+
+
+def _with_negatives(data: StageData, rows: np.ndarray, n_neg: int, rng: np.random.Generator) -> Batch:
+    q = data.pos_q[rows]
+    negs = np.full((len(rows), n_neg), -1, dtype=np.int64)
+    if n_neg:
+        for r, qi in enumerate(q):
+            a, b = data.neg_start[qi], data.neg_start[qi + 1]
+            if b <= a:
+                continue
+            pool = data.neg_rows[a:b]
+            hard = data.neg_hard[a:b]
+            k = min(n_neg, len(pool))
+            # half the slots (at least one) from hard negatives when the query has them
+            n_hard = min(int(hard.sum()), max(1, k // 2)) if hard.any() else 0
+            pick = []
+            if n_hard:
+                pick.extend(rng.choice(np.flatnonzero(hard), size=n_hard, replace=False).tolist())
+            others = np.setdiff1d(np.arange(len(pool)), pick)
+            if k - len(pick) > 0 and len(others):
+                pick.extend(rng.choice(others, size=min(k - len(pick), len(others)), replace=False).tolist())
+            negs[r, :len(pick)] = pool[pick]
+    return Batch(q, data.pos_p[rows], data.pos_w[rows], negs)
