@@ -332,7 +332,7 @@ class Trainer:
             ww = torch.cat([w, torch.ones(len(pp) - len(q), device=q.device)])
             loss = loss_fn(qq, pp, y, ww)
         if n is not None and valid.any():
-            stats["neg_cos"] = round(float(torch.einsum("bd,bkd->bk", q, n).reshape(-1)[
+            stats["neg_cos"] = round(float(torch.einsum("bd,bkd->bk", q.detach(), n.detach()).reshape(-1)[
                 torch.from_numpy(valid).to(q.device)].mean()), 4)
         stats["emb_mean_norm"] = round(float(p.detach().float().mean(0).norm()), 4)
         return loss, stats

@@ -132,6 +132,8 @@ class TwoTowerModel(nn.Module):
     def __init__(self, config: TwoTowerConfig, encoder: nn.Module, tokenizer: Any):
         super().__init__()
         config.validate()
+        if getattr(encoder, "pooler", None) is not None:  # unused (mean pooling); HF may init it randomly
+            encoder.pooler = None
         config.hidden_size = config.hidden_size or int(encoder.config.hidden_size)
         config.encoder_config = config.encoder_config or encoder.config.to_dict()
         self.config = config

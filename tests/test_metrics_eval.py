@@ -1,0 +1,115 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import evaluate_trained_model as ev
+import metrics as M
+from utils import UserError
+
+
+def test_hand_made_cases():
+    ranked = ["a", "b", "c", "d"]
+    assert M.recall_at_k(ranked, {"b", "z"}, 2) == 0.5
+    assert M.precision_at_k(ranked, {"b", "c"}, 4) == 0.5
+    assert M.reciprocal_rank(ranked, {"c"}) == pytest.approx(1 / 3)
+    assert M.reciprocal_rank(ranked, {"x"}) == 0.0
+    assert M.average_precision(ranked, {"a", "c", "x"}) == pytest.approx((1 + 2 / 3) / 3)
+    g = {"a": 0.0, "b": 1.0, "c": 0.1}
+    dcg = 1.0 / np.log2(3) + 0.1 / np.log2(4)
+    idcg = 1.0 + 0.1 / np.log2(3)
+    assert M.ndcg_at_k(ranked, g, 3) == pytest.approx(dcg / idcg)
+    assert M.ndcg_at_k(ranked, {"a": 0.0}, 3) == 0.0
+    assert M.recall_at_k(ranked, set(), 3) == 0.0
+
+
+def test_against_ranx_on_random_runs():
+    ranx = pytest.importorskip("ranx")
+    rng = np.random.default_rng(0)
+    items = [f"p{i}" for i in range(60)]
+    qrels, run = {}, {}
+    for q in range(40):
+        judged = rng.choice(items, size=12, replace=False)
+        qrels[f"q{q}"] = {i: int(rng.integers(0, 4)) for i in judged}
+        if max(qrels[f"q{q}"].values()) == 0:
+            qrels[f"q{q}"][judged[0]] = 3
+        ranked = rng.choice(items, size=30, replace=False)
+        run[f"q{q}"] = {i: float(30 - r) for r, i in enumerate(ranked)}
+    rq = ranx.Qrels({q: {i: g for i, g in j.items() if g > 0} for q, j in qrels.items()})
+    rr = ranx.Run(run)
+    theirs = ranx.evaluate(rq, rr, ["recall@10", "precision@10", "mrr", "ndcg@10", "map"])
+    lists = {q: sorted(d, key=d.get, reverse=True) for q, d in run.items()}
+    mine = {"recall@10": [], "precision@10": [], "mrr": [], "ndcg@10": [], "map": []}
+    for q, judged in qrels.items():
+        rel = {i for i, g in judged.items() if g > 0}
+        mine["recall@10"].append(M.recall_at_k(lists[q], rel, 10))
+        mine["precision@10"].append(M.precision_at_k(lists[q], rel, 10))
+        mine["mrr"].append(M.reciprocal_rank(lists[q], rel))
+        mine["ndcg@10"].append(M.ndcg_at_k(lists[q], {i: float(g) for i, g in judged.items()}, 10))
+        mine["map"].append(M.average_precision(lists[q], rel))
+    for k, v in theirs.items():
+        assert np.mean(mine[k]) == pytest.approx(v, abs=1e-6), k
+
+
+def test_evaluate_run_graded_gains_and_relevant_choice():
+    qrels = {1: {"a": "E", "b": "S", "c": "I"}, 2: {"x": "S"}}
+    run = {1: ["b", "a", "c"], 2: ["x"]}
+    m, per = M.evaluate_run(run, qrels, ("E",), ks=(1, 2))
+    assert m["queries"] == 1 and m["recall@1"] == 0 and m["recall@2"] == 1 and m["mrr"] == 0.5
+    m2, _ = M.evaluate_run(run, qrels, ("E", "S"), ks=(1,))
+    assert m2["queries"] == 2 and m2["recall@1"] == pytest.approx((0.5 + 1) / 2)
+    g = {"a": 1.0, "b": 0.1}
+    assert m["ndcg@2"] == pytest.approx(M.ndcg_at_k(["b", "a"], g, 2))
+
+
+def test_paired_bootstrap_ci():
+    rng = np.random.default_rng(1)
+    a = rng.random(300)
+    lo, hi = ev.paired_bootstrap_ci(a, a + 0.1, n=500)
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    lo, hi = ev.paired_bootstrap_ci(a, a + rng.normal(0.05, 0.2, 300), n=1000)
+    assert lo < 0.05 < hi and hi - lo < 0.1
+
+
+@pytest.fixture
+def data_dir(tiny_data, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(tiny_data, d, ignore=shutil.ignore_patterns("indices*", "embeddings_cache", "hard_negatives*"))
+    return d
+
+
+def test_evaluate_end_to_end(data_dir, tiny_encoder_dir, tmp_path):
+    from two_tower_model import TwoTowerModel
+    ck = tmp_path / "m.pt"
+    TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).save(ck)
+    argv = ["--data-dir", str(data_dir), "--checkpoint", str(ck), "--base-model", str(tiny_encoder_dir),
+            "--bootstrap", "100", "--latency-queries", "5"]
+    with pytest.raises(UserError, match="--build-missing"):
+        ev.main(ev.parse_args(argv))
+    r = ev.main(ev.parse_args(argv + ["--build-missing"]))
+    out = data_dir / "eval"
+    for f in ("report.json", "report.md", "recall_at_k.png", "ndcg10_per_query_delta.png", "baseline.run",
+              "trained.run", "qrels.txt"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "report.json").read_text())
+    for block in ("baseline", "trained"):
+        for k in ("recall@10", "precision@10", "mrr", "ndcg@10", "map", "recall@200"):
+            assert isinstance(rep[block][k], float)
+    # same weights as the baseline: identical metrics, zero deltas
+    assert rep["delta"]["recall@10"] == pytest.approx(0) and r["per_query"]["ndcg@10"]["worse"] == 0
+    line = (out / "trained.run").read_text().splitlines()[0].split()
+    assert len(line) == 6 and line[1] == "Q0" and line[3] == "1"
+    assert set(l.split()[3] for l in (out / "qrels.txt").read_text().splitlines()) <= {"0", "1", "2", "3"}
+    assert "recall@10" in (out / "report.md").read_text()
+
+
+def test_evaluate_bad_inputs(data_dir, tiny_encoder_dir, tmp_path):
+    gt = pd.read_parquet(data_dir / "ground_truth.parquet")
+    gt.assign(product_id="nope").to_parquet(data_dir / "ground_truth.parquet")
+    with pytest.raises(UserError, match="do not match"):
+        ev.main(ev.parse_args(["--data-dir", str(data_dir), "--checkpoint", str(tmp_path / "x.pt")]))
+    (data_dir / "ground_truth.parquet").unlink()
+    with pytest.raises(UserError, match="ground_truth"):
+        ev.main(ev.parse_args(["--data-dir", str(data_dir)]))

@@ -1,0 +1,136 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import embeddings as E
+import hard_negative_mining as hnm
+import reindex_with_trained_model as rx
+from conftest import ROOT
+from two_tower_model import TwoTowerModel
+from utils import UserError
+
+
+@pytest.fixture
+def data_dir(tiny_data, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(tiny_data, d, ignore=shutil.ignore_patterns("indices*", "embeddings_cache", "hard_negatives*"))
+    return d
+
+
+def _mine(data_dir, enc, out, *extra):
+    return hnm.main(hnm.parse_args(["--baseline", "--base-model", str(enc), "--data-dir", str(data_dir),
+                                    "--output", str(out), *extra]))
+
+
+def test_judged_positives_never_mined_and_schema(data_dir, tiny_encoder_dir):
+    out = data_dir / "hn.parquet"
+    stats = _mine(data_dir, tiny_encoder_dir, out, "--num-negatives", "5", "--margin", "0")
+    hn = pd.read_parquet(out)
+    gt = pd.read_parquet(data_dir / "ground_truth.parquet")
+    pos = set(map(tuple, gt.loc[gt["esci_label"].isin(["E", "S", "C"]), ["query_id", "product_id"]].values))
+    assert not (set(map(tuple, hn[["query_id", "product_id"]].values)) & pos)
+    assert (hn["neg_type"] == "hard").all() and (hn["label"] == 0).all()
+    assert set(hn["esci_label"].dropna()) <= {"I"}
+    assert hn.groupby("query_id").size().max() <= 5
+    assert (hn.groupby("query_id")["rank"].apply(lambda r: r.is_monotonic_increasing)).all()
+    assert stats["dropped"]["judged_positive"] > 0
+    assert json.loads((data_dir / "hn_stats.json").read_text())["negatives"] == len(hn)
+
+
+def test_margin_guard_and_range(data_dir, tiny_encoder_dir):
+    loose = _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet", "--margin", "0")
+    strict = _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet", "--margin", "0.3")
+    a, b = pd.read_parquet(data_dir / "a.parquet"), pd.read_parquet(data_dir / "b.parquet")
+    assert strict["dropped"]["margin"] > loose["dropped"]["margin"]
+    assert (b["score"] <= 0.7 * b["pos_score"] + 1e-6).all()
+    assert a["score"].max() > (0.7 * a["pos_score"]).min()  # the guard removed something real
+    skip = _mine(data_dir, tiny_encoder_dir, data_dir / "c.parquet", "--skip-top", "5")
+    assert (pd.read_parquet(data_dir / "c.parquet")["rank"] > 5).all() and skip["dropped"]["range"] > 0
+
+
+def test_mining_is_deterministic_and_never_overwrites(data_dir, tiny_encoder_dir):
+    _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet")
+    _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(data_dir / "a.parquet"), pd.read_parquet(data_dir / "b.parquet"))
+    with pytest.raises(UserError, match="overwrite"):
+        _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet")
+    _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet", "--overwrite")
+
+
+def test_encode_cache_hit_miss_and_resume(data_dir, tiny_encoder_dir, tmp_path, monkeypatch):
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    products = rx.load_catalog(data_dir)
+    cache = tmp_path / "cache"
+    emb, meta = E.encode_catalog(model, products, cache, show_progress=False)
+    ref = np.array(emb)
+    assert ref.shape == (len(products), 32) and meta["fingerprint"]["count"] == len(products)
+    calls = []
+    orig = model.encode_products
+    monkeypatch.setattr(model, "encode_products", lambda t, **k: calls.append(len(t)) or orig(t, **k))
+    E.encode_catalog(model, products, cache, show_progress=False)
+    assert calls == []  # unchanged model + catalog: cache hit
+    E.encode_catalog(model, products.iloc[:-1], cache, show_progress=False)
+    assert sum(calls) == len(products) - 1  # catalog changed: re-encoded
+    # an interrupted encode resumes at its last completed chunk
+    calls.clear()
+    monkeypatch.setattr(E, "CHUNK", 100)
+    shutil.rmtree(cache)
+    state = {"n": 0}
+
+    def flaky(t, **k):
+        state["n"] += 1
+        if state["n"] == 3:
+            raise KeyboardInterrupt
+        calls.append(len(t))
+        return orig(t, **k)
+    monkeypatch.setattr(model, "encode_products", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        E.encode_catalog(model, products, cache, show_progress=False)
+    assert calls == [100, 100]
+    emb2, _ = E.encode_catalog(model, products, cache, show_progress=False)
+    assert sum(calls) == len(products)  # rows 0-199 were not encoded again
+    assert np.allclose(np.array(emb2), ref, atol=1e-6)
+
+
+def test_reindex_writes_indices_and_refuses_mismatch(data_dir, tiny_encoder_dir, tmp_path):
+    meta = rx.main(rx.parse_args(["--baseline", "--base-model", str(tiny_encoder_dir), "--data-dir", str(data_dir),
+                                  "--index-factory", "IVF4,Flat"]))
+    d = data_dir / "indices_baseline"
+    for f in ("faiss_index_flat.bin", "faiss_index_hnsw.bin", "faiss_index_custom.bin", "product_ids.parquet",
+              "metadata.json"):
+        assert (d / f).is_file(), f
+    assert not list(d.glob("*.pkl"))
+    assert meta["hnsw_vs_flat"]["recall@10"] > 0.9 and meta["ef_search"] == 128
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    products = rx.load_catalog(data_dir)
+    index, ids, m = E.load_index(d, "hnsw", model=model, products=products)
+    assert index.ntotal == len(ids) == len(products)
+    other = TwoTowerModel.from_pretrained(str(tiny_encoder_dir), projection_dim=8)
+    with pytest.raises(UserError, match="rebuild"):
+        E.load_index(d, "flat", model=other)
+    with pytest.raises(UserError, match="another catalog"):
+        E.load_index(d, "flat", products=products.iloc[:-3])
+    with pytest.raises(UserError, match="not found"):
+        E.load_index(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_encode_slices(data_dir, tiny_encoder_dir):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "reindex_with_trained_model.py"), "--baseline", "--base-model", str(tiny_encoder_dir),
+           "--data-dir", str(data_dir), "--no-hnsw"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = data_dir / "indices_baseline"
+    meta = json.loads((d / "embeddings.json").read_text())
+    assert meta["processes"] == 2 and not list(d.glob("embeddings.part*"))
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    products = rx.load_catalog(data_dir)
+    single = model.encode_products(products["product_text"].tolist())
+    assert np.allclose(np.load(d / "embeddings.npy"), single, atol=1e-5)
