@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not realdata" $(PYTEST_ARGS)
 
 clean:
 	rm -rf data checkpoints .pytest_cache

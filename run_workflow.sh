@@ -1,33 +1,105 @@
 #!/usr/bin/env bash
-# The staged workflow on the built-in sample catalog (or on real ESCI files with --raw-dir DIR).
-# Steps so far: sample catalog -> prepare. Later phases are added here as they land.
+# The whole staged workflow, ending in a baseline-vs-trained comparison table:
+#   sample -> prepare -> baseline_index -> stage1 -> mine1 -> stage2 -> mine2 -> stage3 -> reindex -> evaluate
 #
-#   bash run_workflow.sh                      # sample catalog (small), outputs in data/
-#   bash run_workflow.sh --raw-dir ~/esci     # real ESCI parquet files
-#   bash run_workflow.sh --size tiny          # smoke run
+#   bash run_workflow.sh                    built-in sample catalog (small), outputs in data/ and checkpoints/
+#   bash run_workflow.sh --raw-dir ~/esci   the real ESCI parquet files (full-size schedule, no budget)
+#   bash run_workflow.sh --fast             smoke run on the tiny sample (~2 min)
+#   bash run_workflow.sh --from stage2      redo stage2 and every step after it
+#   options: --size tiny|small|full  --data-dir DIR  --checkpoint-dir DIR  -- EXTRA_TRAIN_FLAGS...
+#
+# A step is skipped when its outputs are newer than its inputs, so a rerun after an interruption
+# continues (an interrupted training stage resumes from last.pt). A failing step stops the run
+# with its name.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
-RAW_DIR="" SIZE=small DATA_DIR=data
+RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" FAST=0 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --raw-dir) RAW_DIR=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
-    --data-dir) DATA_DIR=$2; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    *) echo "run_workflow.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    --data-dir) DATA=$2; shift 2 ;;
+    --checkpoint-dir) CK=$2; shift 2 ;;
+    --from) FROM=$2; shift 2 ;;
+    --fast) FAST=1; SIZE=tiny; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "run_workflow.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+STEPS=(sample prepare baseline_index stage1 mine1 stage2 mine2 stage3 reindex evaluate)
+if [ -n "$FROM" ] && [[ ! " ${STEPS[*]} " =~ " $FROM " ]]; then
+  echo "run_workflow.sh: --from '$FROM' is not a step (${STEPS[*]})" >&2; exit 2
+fi
 
-step() {  # step NAME CMD...: run one stage, stop the workflow with its name if it fails
-  local name=$1; shift
+# Training budget. The sample schedules keep the plan's stages and epochs (2 + 1 + 2) but train
+# each epoch on a fresh subset of positives, so the sample run fits ~15 min on 2 CPU cores.
+if [ -n "$RAW_DIR" ] || [ "$SIZE" = full ]; then
+  TRAIN=(--batch-size 64)
+elif [ "$FAST" = 1 ] || [ "$SIZE" = tiny ]; then
+  TRAIN=(--batch-size 16 --epoch-pairs 64 --val-corpus-size 200 --val-batches 2)
+else
+  TRAIN=(--batch-size 64 --epoch-pairs 1024 --val-corpus-size 1000 --val-batches 4)
+fi
+TRAIN+=("${EXTRA[@]}")
+RAW=${RAW_DIR:-$DATA/raw}
+
+FORCE=0
+[ -z "$FROM" ] || FORCE=-1
+fresh() {  # fresh STEP OUTPUT -- INPUTS...: true when OUTPUT exists and is newer than every input
+  local step=$1 out=$2; shift 3
+  [ "$FORCE" = 1 ] && return 1
+  [ -e "$out" ] || return 1
+  local f
+  for f in "$@"; do [ -e "$f" ] && [ "$f" -nt "$out" ] && return 1; done
+  return 0
+}
+step() {  # step NAME OUTPUT INPUTS... -- CMD...: run CMD unless fresh; stop the workflow on failure
+  local name=$1 out=$2; shift 2
+  local inputs=()
+  while [ "$1" != "--" ]; do inputs+=("$1"); shift; done
+  shift
+  [ "$FORCE" = -1 ] && [ "$name" = "$FROM" ] && FORCE=1
+  if [ "$FORCE" != 1 ] && fresh "$name" "$out" -- "${inputs[@]}"; then
+    echo "=== [$name] up to date ($out)" >&2; return 0
+  fi
   echo "=== [$name] $*" >&2
-  "$@" || { echo "run_workflow.sh: step '$name' failed (exit $?)" >&2; exit 1; }
+  local t0=$SECONDS
+  "$@" || { echo "run_workflow.sh: step '$name' failed (exit $?); fix it and rerun (finished steps are kept)" >&2; exit 1; }
+  echo "=== [$name] done in $((SECONDS - t0))s" >&2
+}
+train_stage() {  # resume an interrupted stage; start a stage afresh when forced
+  local s=$1
+  if [ "$FORCE" != 1 ] && [ -e "$CK/last.pt" ]; then
+    $PY train_two_tower.py --stage "$s" --data-dir "$DATA" --checkpoint-dir "$CK" --resume "${TRAIN[@]}"
+  else
+    $PY train_two_tower.py --stage "$s" --data-dir "$DATA" --checkpoint-dir "$CK" "${TRAIN[@]}"
+  fi
 }
 
+T0=$SECONDS
 if [ -z "$RAW_DIR" ]; then
-  step prepare $PY prepare_training_data.py --make-sample "$SIZE" --raw-dir "$DATA_DIR/raw" --data-dir "$DATA_DIR"
-else
-  step prepare $PY prepare_training_data.py --raw-dir "$RAW_DIR" --data-dir "$DATA_DIR"
+  step sample "$RAW/shopping_queries_dataset_examples.parquet" sample_catalog.py -- \
+    $PY sample_catalog.py --size "$SIZE" --raw-dir "$RAW"
 fi
-echo "workflow finished; outputs in $DATA_DIR/" >&2
+step prepare "$DATA/prepare_stats.json" "$RAW/shopping_queries_dataset_examples.parquet" \
+  "$RAW/shopping_queries_dataset_products.parquet" -- \
+  $PY prepare_training_data.py --raw-dir "$RAW" --data-dir "$DATA"
+step baseline_index "$DATA/indices_baseline/metadata.json" "$DATA/products_clean.parquet" -- \
+  $PY reindex_with_trained_model.py --baseline --data-dir "$DATA"
+step stage1 "$CK/stage1.pt" "$DATA/training_pairs.parquet" -- train_stage 1
+step mine1 "$DATA/hard_negatives_stage2.parquet" "$CK/stage1.pt" -- \
+  $PY hard_negative_mining.py --checkpoint "$CK/stage1.pt" --data-dir "$DATA" \
+  --output "$DATA/hard_negatives_stage2.parquet" --overwrite
+step stage2 "$CK/stage2.pt" "$CK/stage1.pt" "$DATA/hard_negatives_stage2.parquet" -- train_stage 2
+step mine2 "$DATA/hard_negatives_stage3.parquet" "$CK/stage2.pt" -- \
+  $PY hard_negative_mining.py --checkpoint "$CK/stage2.pt" --data-dir "$DATA" \
+  --output "$DATA/hard_negatives_stage3.parquet" --overwrite
+step stage3 "$CK/stage3.pt" "$CK/stage2.pt" "$DATA/hard_negatives_stage3.parquet" -- train_stage 3
+step reindex "$DATA/indices/metadata.json" "$CK/stage3.pt" "$DATA/products_clean.parquet" -- \
+  $PY reindex_with_trained_model.py --checkpoint "$CK/best_model.pt" --data-dir "$DATA"
+step evaluate "$DATA/eval/report.json" "$DATA/indices/metadata.json" "$DATA/indices_baseline/metadata.json" -- \
+  $PY evaluate_trained_model.py --checkpoint "$CK/best_model.pt" --data-dir "$DATA"
+[ -f "$DATA/eval/report.md" ] && cat "$DATA/eval/report.md"
+echo "workflow finished in $((SECONDS - T0))s; report: $DATA/eval/report.md" >&2

@@ -520,7 +520,7 @@ def judge(cat: Catalog, cons: dict, seed_row: int, n_judged: int, rng: np.random
         rest = np.setdiff1d(cand[labels == k], rows)
         if len(rest):
             rows = np.concatenate([rows, rng.choice(rest, size=min(short, len(rest)), replace=False)])
-    return rows, label_candidates(cat, cons, rows)
+    return rows, labels[np.searchsorted(cand, rows)]  # cand is sorted (np.unique)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,8 +94,9 @@ class StageData:
         self.pos_p = pos["prow"].to_numpy()
         self.pos_w = pos["weight"].to_numpy(np.float32)
         neg = pairs[pairs["label"] == 0]
-        # hard negatives first in each query's pool (the sampler prefers them)
-        neg = neg.assign(hard=(neg["neg_type"] == "hard").astype(int)).sort_values(
+        # informative negatives (mined hard, judged I) are preferred by the sampler; random ones
+        # only fill up, since in-batch negatives are random already
+        neg = neg.assign(hard=(neg["neg_type"] != "random").astype(int)).sort_values(
             ["qidx", "hard"], ascending=[True, False], kind="stable")
         self.neg_start = np.searchsorted(neg["qidx"].to_numpy(), np.arange(len(self.query_ids) + 1))
         self.neg_rows = neg["prow"].to_numpy()
@@ -114,10 +115,13 @@ class StageData:
 
 
 def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,
-               epoch: int, bucket_batches: int = 16) -> list[Batch]:
-    """The batches of one epoch, reproducible from (seed, epoch)."""
+               epoch: int, bucket_batches: int = 16, epoch_pairs: int | None = None) -> list[Batch]:
+    """The batches of one epoch, reproducible from (seed, epoch); with epoch_pairs, a fresh
+    random subset of that many positives per epoch (budgeted runs keep their epoch structure)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(data.pos_q))
+    if epoch_pairs:
+        order = order[:epoch_pairs]
     window = batch_size * bucket_batches
     batches: list[Batch] = []
     carry: list[int] = []
@@ -158,8 +162,8 @@ def _with_negatives(data: StageData, rows: np.ndarray, n_neg: int, rng: np.rando
             pool = data.neg_rows[a:b]
             hard = data.neg_hard[a:b]
             k = min(n_neg, len(pool))
-            # half the slots (at least one) from hard negatives when the query has them
-            n_hard = min(int(hard.sum()), max(1, k // 2)) if hard.any() else 0
+            # at least half the slots (at least one) from informative negatives when the query has them
+            n_hard = min(int(hard.sum()), max(1, (k + 1) // 2)) if hard.any() else 0
             pick = []
             if n_hard:
                 pick.extend(rng.choice(np.flatnonzero(hard), size=n_hard, replace=False).tolist())

@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-5, help="stage 1-2 learning rate (stage 3 uses lr/10)")
     p.add_argument("--epochs", type=int, default=None, help="override the stage's epoch count")
     p.add_argument("--max-steps", type=int, default=None, help="stop each stage after this many steps")
+    p.add_argument("--epoch-pairs", type=int, default=None,
+                   help="train each epoch on a fresh random subset of this many positives (budgeted runs)")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto = bf16 where the device runs it natively, else fp32")
@@ -179,7 +181,7 @@ class Trainer:
         epochs = a.epochs or STAGES[stage]["epochs"]
         lr = a.lr * STAGES[stage]["lr_scale"]
         steps_per_epoch = math.ceil(len(plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed,
-                                                   1)) / a.grad_accum)
+                                                   1, epoch_pairs=a.epoch_pairs)) / a.grad_accum)
         total = steps_per_epoch * epochs if a.max_steps is None else min(a.max_steps, steps_per_epoch * epochs)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=a.weight_decay)
@@ -197,7 +199,8 @@ class Trainer:
         t_stage = time.perf_counter()
         pairs_done = 0
         for epoch in range(first_epoch, last_epoch + 1):
-            batches = plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, epoch)
+            batches = plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, epoch,
+                                 epoch_pairs=a.epoch_pairs)
             start = pos["batch"] if (resumed and epoch == first_epoch) else 0
             model.train()
             bar = tqdm(total=len(batches), initial=start, desc=f"stage {stage} epoch {epoch}", unit="batch",
@@ -216,7 +219,8 @@ class Trainer:
                 rate = pairs_done / (time.perf_counter() - t_stage)
                 self._log_step({"stage": stage, "epoch": epoch, "step": pos["step"], "loss": round(loss.item(), 5),
                                 "lr": sched.get_last_lr()[0], "grad_norm": round(gnorm, 4),
-                                "pairs_per_s": round(rate, 2), **stats})
+                                "pairs_per_s": round(rate, 2), "elapsed_s": round(time.perf_counter() - t_stage, 3),
+                                **stats})
                 bar.set_postfix(loss=f"{loss.item():.4f}", pairs_s=f"{rate:.1f}")
                 if a.save_steps and pos["step"] % a.save_steps == 0:
                     self._save_state(model, opt, sched, pos, keep_step=True)

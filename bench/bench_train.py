@@ -1,0 +1,104 @@
+"""Benchmark: training pairs/s of train_two_tower.py versus sentence-transformers'
+SentenceTransformerTrainer + MultipleNegativesRankingLoss on the same (query, positive) pairs, batch
+size, sequence lengths (queries 32, products 128 tokens) and precision, in one run.
+
+Both train the real all-MiniLM-L6-v2 on the `small` sample's training positives with in-batch
+negatives only (ours: --loss infonce --negatives 0, which is MNRL). Rates are steady-state: the
+first --warmup steps are excluded. Needs `pip install -r bench/requirements.txt`.
+
+Example (~6 min on 2 cores):
+    python bench/bench_train.py --steps 12 --batch-size 32 --out bench/out/train.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prepare_training_data as prep  # noqa: E402
+import train_two_tower as tt  # noqa: E402
+from utils import bf16_supported, resolve_model_path  # noqa: E402
+
+
+def ours(data: Path, args) -> dict:
+    ck = data.parent / "ck"
+    tt.main(tt.parse_args(["--stage", "1", "--data-dir", str(data), "--checkpoint-dir", str(ck),
+                           "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
+                           "--loss", "infonce", "--negatives", "0", "--precision", args.precision,
+                           "--val-corpus-size", "10", "--val-batches", "1"]))
+    log = [json.loads(x) for x in (ck / "train_log.jsonl").read_text().splitlines()]
+    t0 = log[args.warmup - 1]["elapsed_s"]
+    t1 = log[-1]["elapsed_s"]
+    n = sum(args.batch_size for _ in log[args.warmup:])
+    return {"pairs_per_s": round(n / (t1 - t0), 2), "steps_timed": len(log) - args.warmup,
+            "step_s": round((t1 - t0) / (len(log) - args.warmup), 3)}
+
+
+def st_trainer(data: Path, args) -> dict:
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+    pairs = pd.read_parquet(data / "training_pairs.parquet")
+    pos = pairs[(pairs["label"] > 0) & (pairs["stage"] == 1)].sample(frac=1.0, random_state=0)
+    ds = Dataset.from_dict({"anchor": pos["query"].tolist(), "positive": pos["product_text"].tolist()})
+    model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    model.max_seq_length = 128
+    times = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(data.parent / "st_out"), per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps, learning_rate=2e-5, warmup_ratio=0.1, bf16=args.precision == "bf16",
+        logging_steps=1000, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=0,
+        use_cpu=True)
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model), callbacks=[Clock()])
+    trainer.train()
+    t0, t1 = times[args.warmup - 1], times[-1]
+    n = args.batch_size * (len(times) - args.warmup)
+    return {"pairs_per_s": round(n / (t1 - t0), 2), "steps_timed": len(times) - args.warmup,
+            "step_s": round((t1 - t0) / (len(times) - args.warmup), 3)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: bf16 where native")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "train.json")
+    return p.parse_args(argv)
+
+
+def main(args) -> dict:
+    args.precision = args.precision or ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")
+    with tempfile.TemporaryDirectory() as d:
+        data = Path(d) / "data"
+        prep.main(prep.parse_args(["--make-sample", "small", "--raw-dir", str(Path(d) / "raw"),
+                                   "--data-dir", str(data)]))
+        res = {"batch_size": args.batch_size, "precision": args.precision, "threads": torch.get_num_threads(),
+               "steps": args.steps, "warmup_steps_excluded": args.warmup}
+        res["st_trainer_mnrl"] = st_trainer(data, args)
+        res["train_two_tower"] = ours(data, args)
+    res["speedup"] = round(res["train_two_tower"]["pairs_per_s"] / res["st_trainer_mnrl"]["pairs_per_s"], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,247 @@
+"""Phase 8: interactive terminal demo: trained two-tower search side by side with the baseline.
+
+Reads: --checkpoint (default checkpoints/best_model.pt) + data/indices, the baseline model +
+data/indices_baseline, data/products_clean.parquet (titles), data/ground_truth.parquet (ESCI labels
+shown wherever a query-product pair was judged). Writes nothing but ~/.ttsn_demo_history.
+
+Interactive: type a query; commands :k N, :hnsw, :flat, :embed, :help, :quit (Ctrl-D/Ctrl-C exit).
+Scripts:  --query "..." (repeatable) prints results and exits; queries piped on stdin are answered
+one per line; --json prints one JSON object per query.
+
+Example (after the workflow):
+    python demo_trained_model.py --query "bathroom fan without light"
+    echo "aa batteries 24 pack" | python demo_trained_model.py --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embeddings import load_index
+from two_tower_model import TwoTowerModel
+from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, UserError, add_common_args, clean_text, get_device,
+                   log, require_file, run_cli)
+
+MAX_QUERY_CHARS = 500
+HELP = """commands:
+  :k N       show the top N (1-100)          :flat / :hnsw   switch the index
+  :embed     the last query's embeddings     :help           this text
+  :quit      exit (also Ctrl-D / Ctrl-C)"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT_DIR / "best_model.pt")
+    p.add_argument("--index-dir", type=Path, default=None, help="default: DATA_DIR/indices")
+    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
+    p.add_argument("--baseline-index-dir", type=Path, default=None, help="default: DATA_DIR/indices_baseline")
+    p.add_argument("--no-baseline", action="store_true", help="show the trained system only")
+    p.add_argument("--query", action="append", default=None, help="answer this query and exit (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output, one JSON object per query")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--index", choices=["flat", "hnsw"], default="flat")
+    p.add_argument("--device", default="auto")
+    add_common_args(p, seed=False)
+    return p.parse_args(argv)
+
+
+class System:
+    """A model and its indices (flat and, when built, hnsw)."""
+
+    def __init__(self, name: str, model: TwoTowerModel, index_dir: Path, products: pd.DataFrame):
+        self.name, self.model = name, model
+        self.indices = {}
+        for kind in ("flat", "hnsw"):
+            try:
+                self.indices[kind], self.ids, _ = load_index(index_dir, kind, model=model,
+                                                             products=products if kind == "flat" else None)
+            except UserError:
+                if kind == "flat":
+                    raise
+        self.row = pd.Series(np.arange(len(self.ids)), index=self.ids)
+
+    def search(self, query: str, k: int, kind: str) -> tuple[np.ndarray, list[str], list[float]]:
+        q = self.model.encode_queries([query])
+        index = self.indices.get(kind) or self.indices["flat"]
+        scores, rows = index.search(q, min(k, index.ntotal))
+        keep = rows[0] >= 0
+        return q[0], self.ids[rows[0][keep]].tolist(), scores[0][keep].tolist()
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace):
+        t0 = time.perf_counter()
+        d = args.data_dir
+        dev = get_device(args.device)
+        prod = pd.read_parquet(require_file(d / "products_clean.parquet", "catalog",
+                                            "run prepare_training_data.py first"),
+                               columns=["product_id", "product_title", "product_text"])
+        self.titles = dict(zip(prod["product_id"], prod["product_title"].fillna(prod["product_text"])))
+        gt_path = d / "ground_truth.parquet"
+        self.labels: dict[str, dict[str, str]] = {}
+        if gt_path.is_file():
+            gt = pd.read_parquet(gt_path, columns=["query", "product_id", "esci_label"])
+            for q, g in gt.groupby(gt["query"].str.lower().str.strip()):
+                self.labels[q] = dict(zip(g["product_id"], g["esci_label"]))
+        trained = TwoTowerModel.from_pretrained(args.checkpoint).to(dev)
+        self.systems = [System("trained", trained, args.index_dir or d / "indices", prod)]
+        if not args.no_baseline:
+            base = TwoTowerModel.from_pretrained(args.base_model).to(dev)
+            self.systems.append(System("baseline", base, args.baseline_index_dir or d / "indices_baseline", prod))
+        self.k, self.kind, self.json = args.k, args.index, args.json
+        self.last: dict | None = None
+        self.startup_s = time.perf_counter() - t0
+        for s in self.systems:  # warm-up: the first query is as fast as the rest
+            s.search("warm up", 1, self.kind)
+
+    # -- answering --------------------------------------------------------------------------------
+    def answer(self, raw: str) -> dict | None:
+        query = clean_text(raw)
+        if not query:
+            self.say("empty query: type some words, or :help")
+            return None
+        note = None
+        if len(query) > MAX_QUERY_CHARS:
+            query, note = query[:MAX_QUERY_CHARS], f"query cut to {MAX_QUERY_CHARS} characters"
+        t = time.perf_counter()
+        judged = self.labels.get(query.lower(), {})
+        res = {"query": query, "k": self.k, "index": self.kind, "systems": {}}
+        embs = {}
+        for s in self.systems:
+            e, ids, scores = s.search(query, self.k, self.kind)
+            embs[s.name] = e
+            res["systems"][s.name] = [{"rank": i + 1, "score": round(float(sc), 4), "product_id": pid,
+                                       "title": self.titles.get(pid, ""), "esci_label": judged.get(pid)}
+                                      for i, (pid, sc) in enumerate(zip(ids, scores))]
+        res["ms"] = round(1000 * (time.perf_counter() - t), 1)
+        if note:
+            res["note"] = note
+        if len(self.systems) == 2:
+            a = {r["product_id"] for r in res["systems"]["trained"]}
+            b = {r["product_id"] for r in res["systems"]["baseline"]}
+            res["overlap"] = len(a & b)
+        self.last = {"result": res, "embeddings": embs}
+        if self.json:
+            print(json.dumps(res, ensure_ascii=False), flush=True)
+        else:
+            self.print_table(res)
+        return res
+
+    def print_table(self, res: dict) -> None:
+        width = shutil.get_terminal_size((120, 20)).columns
+        names = list(res["systems"])
+        col = max(30, (width - 3 * (len(names) - 1)) // len(names))
+        print(f"\nquery: {res['query']!r}   top {res['k']} ({res['index']}, {res['ms']} ms)"
+              + (f"   [{res['note']}]" if res.get("note") else ""))
+        print(" | ".join(f"{n:<{col}}"[:col] for n in names))
+        print("-+-".join("-" * col for _ in names))
+        other = {n: {r["product_id"] for r in res["systems"][m]} for n in names for m in names if m != n}
+        for i in range(res["k"]):
+            cells = []
+            for n in names:
+                rows = res["systems"][n]
+                if i >= len(rows):
+                    cells.append(" " * col)
+                    continue
+                r = rows[i]
+                mark = "*" if len(names) == 2 and r["product_id"] not in other[n] else " "
+                head = f"{r['rank']:>2}{mark}{r['score']:.3f} {r['esci_label'] or '-'} "
+                cells.append((head + r["title"])[:col].ljust(col))
+            print(" | ".join(cells))
+        if "overlap" in res:
+            print(f"(* = not in the other list; {res['overlap']} of {res['k']} shared; "
+                  f"labels: E/S/C/I where judged, - unjudged)")
+
+    def show_embedding(self) -> None:
+        if not self.last:
+            self.say("no query yet")
+            return
+        for s in self.systems:
+            e = self.last["embeddings"][s.name]
+            top = self.last["result"]["systems"][s.name]
+            cos = top[0]["score"] if top else float("nan")
+            print(f"{s.name:>8}: dim {len(e)}, norm {np.linalg.norm(e):.4f}, first dims "
+                  f"{np.array2string(e[:6], precision=3, suppress_small=True)}, cosine to top-1 {cos:.4f}")
+
+    def command(self, line: str) -> bool:
+        """Handle a ':' command; False means quit."""
+        cmd, *rest = line[1:].split()
+        if cmd in ("q", "quit", "exit"):
+            return False
+        if cmd == "k" and rest and rest[0].isdigit() and 1 <= int(rest[0]) <= 100:
+            self.k = int(rest[0])
+            self.say(f"showing the top {self.k}")
+        elif cmd in ("hnsw", "flat"):
+            if cmd == "hnsw" and any("hnsw" not in s.indices for s in self.systems):
+                self.say("no HNSW index built (reindex_with_trained_model.py builds it); staying on flat")
+            else:
+                self.kind = cmd
+                self.say(f"searching the {cmd} index")
+        elif cmd == "embed":
+            self.show_embedding()
+        elif cmd == "help":
+            print(HELP)
+        else:
+            self.say(f"unknown command {line!r}; :help lists the commands")
+        return True
+
+    def say(self, msg: str) -> None:
+        print(msg, file=sys.stderr if self.json else sys.stdout, flush=True)
+
+    def loop(self, lines=None) -> None:
+        interactive = lines is None
+        if interactive:
+            _enable_history()
+            print(f"ready in {self.startup_s:.1f}s. Type a query, :help for commands, Ctrl-D to quit.")
+        while True:
+            try:
+                line = input("search> ") if interactive else next(lines)
+            except (EOFError, StopIteration):
+                break
+            except KeyboardInterrupt:
+                print()
+                break
+            line = line.strip()
+            if line.startswith(":") and len(line) > 1:
+                if not self.command(line):
+                    break
+            else:
+                self.answer(line)
+
+
+def _enable_history() -> None:
+    try:
+        import atexit
+        import readline
+        hist = Path.home() / ".ttsn_demo_history"
+        if hist.is_file():
+            readline.read_history_file(hist)
+        readline.set_history_length(1000)
+        atexit.register(readline.write_history_file, hist)
+    except (ImportError, OSError):
+        pass
+
+
+def main(args: argparse.Namespace) -> Demo:
+    demo = Demo(args)
+    log.info("loaded %s in %.1fs", " + ".join(s.name for s in demo.systems), demo.startup_s)
+    if args.query:
+        for q in args.query:
+            demo.answer(q)
+    elif not sys.stdin.isatty():
+        demo.loop(iter(sys.stdin.readline, ""))
+    else:
+        demo.loop()
+    return demo
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, parse_args()))
