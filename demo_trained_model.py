@@ -26,7 +26,7 @@ import pandas as pd
 
 from embeddings import load_index
 from two_tower_model import TwoTowerModel
-from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, UserError, add_common_args, clean_text, get_device,
+from utils import (UserError, add_common_args, add_comparison_args, clean_text, get_device,
                    log, require_file, run_cli)
 
 MAX_QUERY_CHARS = 500
@@ -39,16 +39,12 @@ HELP = """commands:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT_DIR / "best_model.pt")
-    p.add_argument("--index-dir", type=Path, default=None, help="default: DATA_DIR/indices")
-    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
-    p.add_argument("--baseline-index-dir", type=Path, default=None, help="default: DATA_DIR/indices_baseline")
+    add_comparison_args(p)
     p.add_argument("--no-baseline", action="store_true", help="show the trained system only")
     p.add_argument("--query", action="append", default=None, help="answer this query and exit (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output, one JSON object per query")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat")
-    p.add_argument("--device", default="auto")
     add_common_args(p, seed=False)
     return p.parse_args(argv)
 

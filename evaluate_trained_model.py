@@ -26,7 +26,7 @@ import pandas as pd
 from embeddings import load_index, search
 from metrics import DEFAULT_KS, evaluate_run
 from two_tower_model import TwoTowerModel
-from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, ESCI_GAINS, Timer, UserError, add_common_args,
+from utils import (ESCI_GAINS, Timer, UserError, add_common_args, add_comparison_args,
                    args_to_config, atomic_path, get_device, log, peak_rss_mb, require_file, run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
@@ -36,10 +36,7 @@ HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "pr
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT_DIR / "best_model.pt")
-    p.add_argument("--index-dir", type=Path, default=None, help="default: DATA_DIR/indices")
-    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
-    p.add_argument("--baseline-index-dir", type=Path, default=None, help="default: DATA_DIR/indices_baseline")
+    add_comparison_args(p)
     p.add_argument("--build-missing", action="store_true", help="build a missing index first (reindex)")
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat", help="index used for the metrics")
     p.add_argument("--relevant", choices=["E", "ES"], default="E", help="labels that count as relevant")
@@ -48,7 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one")
     p.add_argument("--out-dir", type=Path, default=None, help="default: DATA_DIR/eval")
-    p.add_argument("--device", default="auto")
     add_common_args(p)
     return p.parse_args(argv)
 

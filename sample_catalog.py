@@ -391,15 +391,24 @@ def _typo(q: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+INTENTS = ("generic", "brand", "attr", "attr", "feature", "model", "long")
+INTENT_CDF = np.cumsum([0.18, 0.14, 0.2, 0.16, 0.14, 0.06, 0.12])
+INTENT_CDF /= INTENT_CDF[-1]
+
+
+def _pick(options, rng: np.random.Generator) -> str:
+    """rng.choice(options) without its per-call array conversion (the same random stream)."""
+    return str(options[int(rng.integers(0, len(options)))])
+
+
 def make_query(cat: Catalog, seed_row: int, rng: np.random.Generator) -> tuple[str, dict]:
     """A query text and its constraints, drawn from the seed product's attributes."""
     i = seed_row
     t = int(cat.type[i])
     pt = TYPES[t]
-    alias = str(rng.choice(pt.aliases))
+    alias = _pick(pt.aliases, rng)
     cons: dict = {"type": t}
-    intent = rng.choice(["generic", "brand", "attr", "attr", "feature", "model", "long"],
-                        p=[0.18, 0.14, 0.2, 0.16, 0.14, 0.06, 0.12])
+    intent = INTENTS[int(np.searchsorted(INTENT_CDF, rng.random(), side="right"))]
     if intent == "feature" and cat.feature[i] < 0:
         intent = "attr"
     if intent == "attr" and cat.attr[i] < 0 and cat.pack[i] < 0 and cat.color[i] < 0:
@@ -417,10 +426,10 @@ def make_query(cat: Catalog, seed_row: int, rng: np.random.Generator) -> tuple[s
             if k == "color":
                 words.insert(0, COLORS[cat.color[i]].lower())
             elif k == "attr":
-                words.append(str(rng.choice(pt.attr[2])).format(v=pt.attr[0][cat.attr[i]]).lower())
+                words.append(_pick(pt.attr[2], rng).format(v=pt.attr[0][cat.attr[i]]).lower())
             else:
                 v = pt.packs[cat.pack[i]]
-                words.append(str(rng.choice([f"{v} pack", f"{v} count", f"pack of {v}", f"{v}pk"])))
+                words.append(_pick((f"{v} pack", f"{v} count", f"pack of {v}", f"{v}pk"), rng))
         if rng.random() < 0.25:
             cons["brand"] = int(cat.brand[i])
             words.insert(0, brand.lower())
@@ -431,7 +440,7 @@ def make_query(cat: Catalog, seed_row: int, rng: np.random.Generator) -> tuple[s
         if has:
             words = [alias, f"with {f}"] if rng.random() < 0.6 else [f, alias]
         else:
-            words = [alias, str(rng.choice([f"without {f}", f"no {f}", f"without {f}"]))]
+            words = [alias, _pick((f"without {f}", f"no {f}", f"without {f}"), rng)]
     elif intent == "model":
         cons["family"] = int(cat.family[i])
         mn = cat.model_number(i).lower()
@@ -444,9 +453,9 @@ def make_query(cat: Catalog, seed_row: int, rng: np.random.Generator) -> tuple[s
         if cat.feature[i] == 1:
             cons["feature"] = 1
             extra.append(f"with {pt.feature[1]}")
-        lead = str(rng.choice(["i want a", "looking for a", "i need a good", "I want to buy a"]))
-        words = [lead, alias, "that is"] + (extra or ["good quality"]) + [str(rng.choice(["", "and not too expensive", "for my family"]))]
-    mod = str(rng.choice(QUERY_MODS))
+        lead = _pick(("i want a", "looking for a", "i need a good", "I want to buy a"), rng)
+        words = [lead, alias, "that is"] + (extra or ["good quality"]) + [_pick(("", "and not too expensive", "for my family"), rng)]
+    mod = _pick(QUERY_MODS, rng)
     if mod and intent in ("generic", "brand"):
         words.append(mod) if rng.random() < 0.5 else words.insert(0, mod)
     q = " ".join(w for w in words if w)
@@ -456,24 +465,35 @@ def make_query(cat: Catalog, seed_row: int, rng: np.random.Generator) -> tuple[s
     elif r < 0.10:
         q = "!" + q
     elif r < 0.13:
-        q = q + str(rng.choice(["?", ".", " ,", "..."]))
+        q = q + _pick(("?", ".", " ,", "..."), rng)
     if intent != "long" and rng.random() < 0.9:
         q = q.lower()
     return q, cons
 
 
+def _relation_table(attr: str) -> np.ndarray:
+    """table[t][u] is True when type u is in TYPES[t].<attr> (substitutes or complements)."""
+    table = np.zeros((len(TYPES), len(TYPES)), dtype=bool)
+    for i, t in enumerate(TYPES):
+        table[i, [TYPE_INDEX[k] for k in getattr(t, attr)]] = True
+    return table
+
+
+SUBSTITUTE_OF = _relation_table("substitutes")
+COMPLEMENT_OF = _relation_table("complements")
+
+
 def label_candidates(cat: Catalog, cons: dict, rows: np.ndarray) -> np.ndarray:
     """ESCI label of each candidate row for a query's constraints (vectorised)."""
     t = cons["type"]
-    pt = TYPES[t]
     misses = np.zeros(len(rows), dtype=np.int8)
     for k in ("brand", "color", "attr", "pack", "feature", "family"):
         if k in cons:
             misses += (getattr(cat, k)[rows] != cons[k])
     ctype = cat.type[rows]
     same = ctype == t
-    subs = np.isin(ctype, [TYPE_INDEX[s] for s in pt.substitutes])
-    comp = np.isin(ctype, [TYPE_INDEX[s] for s in pt.complements])
+    subs = SUBSTITUTE_OF[t][ctype]
+    comp = COMPLEMENT_OF[t][ctype]
     soft = np.zeros(len(rows), dtype=np.int8)  # substitutes are judged on brand/colour/feature only
     for k in ("brand", "color", "feature"):
         if k in cons:

@@ -481,11 +481,15 @@ def main(args: argparse.Namespace) -> dict:
         args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         write_json(args.checkpoint_dir / "train_config.json", {**args_to_config(args), "world_size": world,
                                                                 "precision": trainer.precision})
-        prev = args.checkpoint_dir / "train_metrics.json"
-        if args.resume and prev.is_file():
-            trainer.best = read_json(prev).get("best", trainer.best)
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     results = []
+    prev = args.checkpoint_dir / "train_metrics.json"
+    if prev.is_file() and (args.resume or stages[0] > 1):
+        # continuing the schedule in a new process: best_model.pt must beat the earlier stages' best
+        old = read_json(prev)
+        trainer.best = old.get("best", trainer.best)
+        trainer.history = [h for h in old.get("history", []) if h.get("stage", 0) < stages[0]]
+        results = [r for r in old.get("stages", []) if r.get("stage", 0) < stages[0]]
     for s in stages:
         if args.resume and stage_done(args.checkpoint_dir, s):
             log.info("stage %d already complete, skipping (--resume)", s)

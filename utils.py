@@ -90,6 +90,19 @@ def add_common_args(parser: argparse.ArgumentParser, *, data_dir: bool = True,
     return parser
 
 
+def add_comparison_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The trained system and the baseline it is compared with (evaluation, demo)."""
+    g = parser.add_argument_group("systems")
+    g.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT_DIR / "best_model.pt",
+                   help="trained checkpoint (default: checkpoints/best_model.pt)")
+    g.add_argument("--index-dir", type=Path, default=None, help="its indices (default: DATA_DIR/indices)")
+    g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="the baseline model")
+    g.add_argument("--baseline-index-dir", type=Path, default=None,
+                   help="the baseline's indices (default: DATA_DIR/indices_baseline)")
+    g.add_argument("--device", default="auto")
+    return parser
+
+
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a stage's main(); a UserError becomes one clear line on stderr and exit status 2."""
     setup_logging(getattr(args, "log_level", "INFO"))

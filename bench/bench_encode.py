@@ -10,9 +10,7 @@ Example (~3 min on 2 cores):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
 
 from sample_catalog import make_sample_catalog  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
@@ -87,10 +84,7 @@ def main(args: argparse.Namespace) -> dict:
         "cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
         "top10_overlap": round(top10_overlap(qe, a, b), 4), "n_queries": len(queries),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    return res
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ Example (~3 min on 2 cores, after bench_prepare.py --size full):
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
 
 from embeddings import build_index  # noqa: E402
 from hard_negative_mining import mine  # noqa: E402
@@ -82,9 +79,7 @@ def main(args):
            "peak_beyond_index_mb": round(hwm_mb() - base), "process_peak_rss_mb": round(peak_rss_mb()),
            "mine_seconds": round(secs, 1),
            "queries_per_s": round(len(queries) / secs, 1), "negatives": int(len(kq))}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_result  # noqa: E402
 
 
 def timed(cmd: list[str]) -> dict:
@@ -47,10 +47,7 @@ def main(args: argparse.Namespace) -> dict:
     res["catalog_products"] = stats["catalog_products"]
     res["examples_used"] = stats["examples_used"]
     res["train_pairs"] = stats["pairs"]["train"]["pairs"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    return res
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

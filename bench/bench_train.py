@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
 
 import prepare_training_data as prep  # noqa: E402
 import train_two_tower as tt  # noqa: E402
@@ -94,10 +92,7 @@ def main(args) -> dict:
         res["st_trainer_mnrl"] = st_trainer(data, args)
         res["train_two_tower"] = ours(data, args)
     res["speedup"] = round(res["train_two_tower"]["pairs_per_s"] / res["st_trainer_mnrl"]["pairs_per_s"], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res, indent=2))
-    return res
+    return write_result(args.out, res)
 
 
 if __name__ == "__main__":

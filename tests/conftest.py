@@ -32,6 +32,15 @@ def tiny_data(tiny_raw, tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture
+def data_dir(tiny_data, tmp_path) -> Path:
+    """A private copy of the prepared tiny data (tests may add hard negatives or indices to it)."""
+    import shutil
+    d = tmp_path / "data"
+    shutil.copytree(tiny_data, d, ignore=shutil.ignore_patterns("indices*", "embeddings_cache", "hard_negatives*"))
+    return d
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
     """A tiny randomly initialised BERT (2 layers, hidden 32) with MiniLM's tokenizer, saved as an

@@ -73,13 +73,6 @@ def test_paired_bootstrap_ci():
     assert lo < 0.05 < hi and hi - lo < 0.1
 
 
-@pytest.fixture
-def data_dir(tiny_data, tmp_path):
-    d = tmp_path / "data"
-    shutil.copytree(tiny_data, d, ignore=shutil.ignore_patterns("indices*", "embeddings_cache", "hard_negatives*"))
-    return d
-
-
 def test_evaluate_end_to_end(data_dir, tiny_encoder_dir, tmp_path):
     from two_tower_model import TwoTowerModel
     ck = tmp_path / "m.pt"

@@ -15,13 +15,6 @@ from two_tower_model import TwoTowerModel
 from utils import UserError
 
 
-@pytest.fixture
-def data_dir(tiny_data, tmp_path):
-    d = tmp_path / "data"
-    shutil.copytree(tiny_data, d, ignore=shutil.ignore_patterns("indices*", "embeddings_cache", "hard_negatives*"))
-    return d
-
-
 def _mine(data_dir, enc, out, *extra):
     return hnm.main(hnm.parse_args(["--baseline", "--base-model", str(enc), "--data-dir", str(data_dir),
                                     "--output", str(out), *extra]))

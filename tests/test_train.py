@@ -14,13 +14,6 @@ from conftest import ROOT
 from utils import UserError
 
 
-@pytest.fixture
-def data_dir(tiny_data, tmp_path):
-    d = tmp_path / "data"
-    shutil.copytree(tiny_data, d, ignore=shutil.ignore_patterns("indices*", "embeddings_cache", "hard_negatives*"))
-    return d
-
-
 def _argv(data_dir, ck, enc, *extra):
     return ["--data-dir", str(data_dir), "--checkpoint-dir", str(ck), "--base-model", str(enc),
             "--batch-size", "8", "--val-corpus-size", "100", "--val-batches", "2", *extra]
@@ -83,9 +76,28 @@ def test_stage_all_runs_the_whole_schedule(data_dir, tmp_path, tiny_encoder_dir)
 
 
 def test_bad_inputs(data_dir, tmp_path, tiny_encoder_dir):
+    import pandas as pd
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
+    pairs.head(0).to_parquet(data_dir / "training_pairs.parquet")
+    with pytest.raises(UserError, match="no rows"):
+        tt.main(tt.parse_args(_argv(data_dir, tmp_path / "ck", tiny_encoder_dir, "--stage", "1")))
     (data_dir / "training_pairs.parquet").unlink()
     with pytest.raises(UserError, match="training_pairs.parquet"):
         tt.main(tt.parse_args(_argv(data_dir, tmp_path / "ck", tiny_encoder_dir, "--stage", "1")))
+
+
+def test_resume_from_another_model_is_refused(data_dir, tmp_path, tiny_encoder_dir):
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2",
+                                "--save-steps", "1", "--epochs", "2")))
+    (ck / "stage1.pt").unlink()
+    last = torch.load(ck / "last.pt", weights_only=True)
+    last["progress"].pop("stage_done", None)
+    last["progress"].update(stage=1, batch=1)
+    torch.save(last, ck / "last.pt")
+    with pytest.raises(UserError, match="dimensions"):
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--resume",
+                                    "--projection-dim", "8")))
 
 
 def test_init_checkpoint_corrupt_is_refused(data_dir, tmp_path, tiny_encoder_dir):
