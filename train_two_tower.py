@@ -180,8 +180,9 @@ class Trainer:
         logq = self._logq(data) if a.logq else None
         epochs = a.epochs or STAGES[stage]["epochs"]
         lr = a.lr * STAGES[stage]["lr_scale"]
-        steps_per_epoch = math.ceil(len(plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed,
-                                                   1, epoch_pairs=a.epoch_pairs)) / a.grad_accum)
+        # epoch 1's plan sets the schedule length; it is reused when stage 1 trains epoch 1
+        plan1 = plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, 1, epoch_pairs=a.epoch_pairs)
+        steps_per_epoch = math.ceil(len(plan1) / a.grad_accum)
         total = steps_per_epoch * epochs if a.max_steps is None else min(a.max_steps, steps_per_epoch * epochs)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=a.weight_decay)
@@ -199,8 +200,8 @@ class Trainer:
         t_stage = time.perf_counter()
         pairs_done = 0
         for epoch in range(first_epoch, last_epoch + 1):
-            batches = plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, epoch,
-                                 epoch_pairs=a.epoch_pairs)
+            batches = plan1 if epoch == 1 else plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives,
+                                                          a.seed, epoch, epoch_pairs=a.epoch_pairs)
             start = pos["batch"] if (resumed and epoch == first_epoch) else 0
             model.train()
             bar = tqdm(total=len(batches), initial=start, desc=f"stage {stage} epoch {epoch}", unit="batch",

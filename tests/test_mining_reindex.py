@@ -97,7 +97,9 @@ def test_reindex_writes_indices_and_refuses_mismatch(data_dir, tiny_encoder_dir,
     for f in ("faiss_index_flat.bin", "faiss_index_hnsw.bin", "faiss_index_custom.bin", "product_ids.parquet",
               "metadata.json"):
         assert (d / f).is_file(), f
-    assert not list(d.glob("*.pkl"))
+    assert {p.name for p in d.iterdir()} == {  # no pickle or other stray files
+        "faiss_index_flat.bin", "faiss_index_hnsw.bin", "faiss_index_custom.bin", "product_ids.parquet",
+        "metadata.json", "embeddings.npy", "embeddings.json"}
     assert meta["hnsw_vs_flat"]["recall@10"] > 0.9 and meta["ef_search"] == 128
     model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
     products = rx.load_catalog(data_dir)
