@@ -27,7 +27,7 @@ import pandas as pd
 from embeddings import load_index
 from two_tower_model import TwoTowerModel
 from utils import (UserError, add_common_args, add_comparison_args, clean_text, get_device,
-                   log, require_file, run_cli)
+                   load_catalog, load_prepared, log, run_cli)
 
 MAX_QUERY_CHARS = 500
 HELP = """commands:
@@ -77,14 +77,12 @@ class Demo:
         t0 = time.perf_counter()
         d = args.data_dir
         dev = get_device(args.device)
-        prod = pd.read_parquet(require_file(d / "products_clean.parquet", "catalog",
-                                            "run prepare_training_data.py first"),
-                               columns=["product_id", "product_title", "product_text"])
+        prod = load_catalog(d, ("product_id", "product_title", "product_text"))
         self.titles = dict(zip(prod["product_id"], prod["product_title"].fillna(prod["product_text"])))
         gt_path = d / "ground_truth.parquet"
         self.labels: dict[str, dict[str, str]] = {}
         if gt_path.is_file():
-            gt = pd.read_parquet(gt_path, columns=["query", "product_id", "esci_label"])
+            gt = load_prepared(d, "ground_truth", ["query", "product_id", "esci_label"])
             for q, g in gt.groupby(gt["query"].str.lower().str.strip()):
                 self.labels[q] = dict(zip(g["product_id"], g["esci_label"]))
         trained = TwoTowerModel.from_pretrained(args.checkpoint).to(dev)

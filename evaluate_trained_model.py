@@ -27,7 +27,8 @@ from embeddings import load_index, search
 from metrics import DEFAULT_KS, evaluate_run
 from two_tower_model import TwoTowerModel
 from utils import (ESCI_GAINS, Timer, UserError, add_common_args, add_comparison_args,
-                   args_to_config, atomic_path, get_device, log, peak_rss_mb, require_file, run_cli, write_json)
+                   args_to_config, atomic_path, get_device, load_catalog, load_prepared, log, peak_rss_mb, run_cli,
+                   write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
 HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10"]
@@ -135,10 +136,8 @@ def get_index(model_kind: str, args, index_dir: Path) -> Path:
 def main(args: argparse.Namespace) -> dict:
     out = args.out_dir or args.data_dir / "eval"
     dev = get_device(args.device)
-    gt = pd.read_parquet(require_file(args.data_dir / "ground_truth.parquet", "ground truth",
-                                      "run prepare_training_data.py first"))
-    products = pd.read_parquet(require_file(args.data_dir / "products_clean.parquet", "catalog",
-                                            "run prepare_training_data.py first"), columns=["product_id", "product_text"])
+    gt = load_prepared(args.data_dir, "ground_truth")
+    products = load_catalog(args.data_dir)
     test = gt[gt["split"] == args.split]
     if test.empty:
         raise UserError(f"{args.data_dir / 'ground_truth.parquet'} has no '{args.split}' queries")

@@ -27,9 +27,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from embeddings import build_index, encode_catalog, search
-from reindex_with_trained_model import add_model_source_args, load_catalog, load_model_from_args
+from reindex_with_trained_model import add_model_source_args, load_model_from_args
 from utils import (DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config, is_main_process,
-                   log, parquet_writer, peak_rss_mb, require_file, run_cli, write_json)
+                   load_catalog, load_prepared, log, parquet_writer, peak_rss_mb, run_cli, write_json)
 
 HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),
@@ -94,11 +94,8 @@ def main(args: argparse.Namespace) -> dict:
     with Timer() as total:
         model, info = load_model_from_args(args)
         products = load_catalog(args.data_dir)
-        pairs_path = require_file(args.data_dir / "training_pairs.parquet", "training pairs",
-                                  "run prepare_training_data.py first")
-        queries = pd.read_parquet(pairs_path, columns=["query_id", "query"]).drop_duplicates("query_id")
-        gt = pd.read_parquet(require_file(args.data_dir / "ground_truth.parquet", "ground truth",
-                                          "run prepare_training_data.py first"))
+        queries = load_prepared(args.data_dir, "training_pairs", ["query_id", "query"]).drop_duplicates("query_id")
+        gt = load_prepared(args.data_dir, "ground_truth")
         emb, _ = encode_catalog(model, products, args.data_dir / "embeddings_cache" / ("baseline" if args.baseline
                                 else Path(str(args.checkpoint)).stem), batch_size=args.batch_size)
         if not is_main_process():
@@ -126,7 +123,7 @@ def main(args: argparse.Namespace) -> dict:
         labels = gt.set_index(["query_id", "product_id"])["esci_label"]
         key = pd.MultiIndex.from_arrays([qids[kq], cat_ids[kr]])
         esci = labels.reindex(key).to_numpy()
-        rnd = args.round or int(_stage_of(args)) or 1
+        rnd = args.round or int(model.progress.get("stage", 0)) or 1  # mining round = the model's stage
         table = pa.Table.from_pydict({
             "query_id": qids[kq].astype(np.int64), "query": queries["query"].to_numpy()[kq],
             "product_id": cat_ids[kr], "product_text": products["product_text"].to_numpy()[kr],
@@ -154,14 +151,6 @@ def main(args: argparse.Namespace) -> dict:
              f"{len(kq):,}", f"{len(qids):,}", stats["negatives_per_query"], stats["negatives_judged_I"],
              stats["negatives_unjudged"], drops, out)
     return stats
-
-
-def _stage_of(args: argparse.Namespace) -> int:
-    """The training stage recorded in the checkpoint (mining round = that stage)."""
-    if args.baseline or args.checkpoint is None or not Path(args.checkpoint).is_file():
-        return 0
-    from two_tower_model import load_checkpoint_file
-    return int(load_checkpoint_file(args.checkpoint).get("progress", {}).get("stage", 0))
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_COLUMNS, EXAMPLES_FILE, POSITIVE_STAGE,
-                   POSITIVE_WEIGHTS, PRODUCTS_COLUMNS, PRODUCTS_FILE, Timer, UserError,
-                   add_common_args, args_to_config, build_product_text, log, parquet_writer,
-                   peak_rss_mb, require_file, run_cli, write_json, write_parquet)
+from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, POSITIVE_STAGE, POSITIVE_WEIGHTS,
+                   PRODUCTS_FILE, Timer, UserError, add_common_args, args_to_config,
+                   build_product_text, log, parquet_writer, peak_rss_mb, require_file, run_cli,
+                   write_json, write_parquet)
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings import (build_index, catalog_fingerprint, encode_catalog, model_fingerprint, save_index_meta,
-                        search, write_index)
+from embeddings import (build_index, catalog_fingerprint, encode_catalog, save_index_meta, search, write_index)
 from two_tower_model import TwoTowerModel
-from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config,
-                   file_sha256, get_device, init_distributed, is_main_process, log, require_file, run_cli)
+from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args,
+                   args_to_config, file_sha256, get_device, init_distributed, is_main_process,
+                   load_catalog, log, run_cli)
 
 
 def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path | None) -> None:
@@ -55,11 +55,6 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[TwoTowerModel, dict]
     info.update(base_model=model.config.base_model, dim=model.config.embedding_dim,
                 tower_sharing=model.config.tower_sharing)
     return model.to(get_device(args.device)), info
-
-
-def load_catalog(data_dir: Path) -> pd.DataFrame:
-    path = require_file(data_dir / "products_clean.parquet", "catalog", "run prepare_training_data.py first")
-    return pd.read_parquet(path, columns=["product_id", "product_text"])
 
 
 def parse_args(argv=None) -> argparse.Namespace:

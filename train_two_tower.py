@@ -40,7 +40,7 @@ from metrics import evaluate_run
 from train_data import StageData, TokenStore, plan_epoch
 from two_tower_model import TwoTowerModel, add_model_args, load_checkpoint_file, model_overrides
 from utils import (UserError, add_common_args, args_to_config, barrier, bf16_supported, get_device,
-                   init_distributed, is_main_process, log, read_json, require_file, run_cli, set_seed,
+                   init_distributed, is_main_process, load_catalog, load_prepared, log, read_json, run_cli, set_seed,
                    write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
@@ -116,11 +116,9 @@ class Trainer:
                                  else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         self.ckdir = args.checkpoint_dir
         d = args.data_dir
-        prod_path = require_file(d / "products_clean.parquet", "catalog", "run prepare_training_data.py first")
-        self.products = pd.read_parquet(prod_path, columns=["product_id", "product_text"])
+        self.products = load_catalog(d)
         self.catalog_index = pd.Series(np.arange(len(self.products)), index=self.products["product_id"].to_numpy())
-        gt_path = require_file(d / "ground_truth.parquet", "ground truth", "run prepare_training_data.py first")
-        self.ground_truth = pd.read_parquet(gt_path)
+        self.ground_truth = load_prepared(d, "ground_truth")
         self.precision = args.precision
         if self.precision == "auto":
             self.precision = "bf16" if bf16_supported(self.device) else "fp32"
@@ -146,7 +144,7 @@ class Trainer:
                 raise UserError(f"stage {stage} starts from the stage-{stage - 1} model {prev}, which does not "
                                 f"exist; run train_two_tower.py --stage {stage - 1} first")
             model = TwoTowerModel.from_pretrained(prev)
-            start_epoch = int(load_checkpoint_file(prev).get("progress", {}).get("epoch", 0))
+            start_epoch = int(model.progress.get("epoch", 0))
         return model.to(self.device), {"start_epoch": start_epoch}
 
     def data_for(self, stage: int, split: str) -> StageData:
@@ -418,7 +416,7 @@ class Trainer:
             raise UserError(f"{path} holds model weights only; --resume needs last.pt or a step_N.pt")
         if prog.get("stage") != stage or prog.get("stage_done") == stage:
             return False
-        saved = TwoTowerModel.from_pretrained(path)
+        saved = TwoTowerModel.from_payload(state, str(path))
         model.check_compatible(saved.config.base_model, saved.config.embedding_dim, source=str(path))
         model.load_state_dict(saved.state_dict())
         opt.load_state_dict(state["optimizer"])

@@ -38,8 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils import (DEFAULT_BASE_MODEL, UserError, atomic_path, bf16_supported, get_device, log,
-                   resolve_model_path, run_cli)
+from utils import (DEFAULT_BASE_MODEL, UserError, atomic_path, bf16_supported, get_device, resolve_model_path, run_cli)
 
 CHECKPOINT_FORMAT = "ttsn-two-tower"
 CHECKPOINT_VERSION = 1
@@ -147,6 +146,7 @@ class TwoTowerModel(nn.Module):
             self.product_tower = ProductTower(copy.deepcopy(encoder), config.hidden_size, config.projection_dim,
                                               norm, config.product_max_len)
         self.encode_dtype: torch.dtype | None = None  # None = choose per device (bf16 where native)
+        self.progress: dict = {}  # a checkpoint's training progress (stage, epoch, step); {} for base models
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -214,13 +214,18 @@ class TwoTowerModel(nn.Module):
             return {n: Path(d, n).read_text() for n in TOKENIZER_FILES if Path(d, n).is_file()}
 
     @classmethod
-    def _load_checkpoint(cls, path: Path) -> "TwoTowerModel":
-        if path.is_dir():
+    def from_payload(cls, payload: dict, source: str = "checkpoint") -> "TwoTowerModel":
+        """Rebuild from an already loaded `.pt` payload (no second read of a large file)."""
+        return cls._load_checkpoint(Path(source), payload)
+
+    @classmethod
+    def _load_checkpoint(cls, path: Path, payload: dict | None = None) -> "TwoTowerModel":
+        if payload is None and path.is_dir():
             meta = json.loads((path / "ttsn_config.json").read_text())
             state = None
             tok_dir = str(path)
         else:
-            meta = load_checkpoint_file(path)
+            meta = payload if payload is not None else load_checkpoint_file(path)
             state = meta["model"]
             tok_dir = None
         if meta.get("format") != CHECKPOINT_FORMAT:
@@ -246,6 +251,7 @@ class TwoTowerModel(nn.Module):
         except (RuntimeError, KeyError) as e:
             raise UserError(f"{path}: weights do not fit the model config stored with them "
                             f"({str(e).splitlines()[0][:160]})") from None
+        model.progress = dict(meta.get("progress", {}))  # where training was when it was saved
         return model
 
     # -- training-time forward ------------------------------------------------------------------

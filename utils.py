@@ -337,6 +337,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def load_prepared(data_dir: str | os.PathLike, name: str, columns: list[str] | None = None):
+    """A table written by prepare_training_data.py (`products_clean`, `ground_truth`, ...), with
+    one clear error when it is missing."""
+    import pandas as pd
+    path = require_file(Path(data_dir) / f"{name}.parquet", name.replace("_", " "),
+                        "run prepare_training_data.py first")
+    return pd.read_parquet(path, columns=columns)
+
+
+def load_catalog(data_dir: str | os.PathLike, columns: tuple[str, ...] = ("product_id", "product_text")):
+    """products_clean.parquet: the catalog every index, encode and search refers to."""
+    return load_prepared(data_dir, "products_clean", list(columns))
+
+
 def require_file(path: Path, what: str, hint: str) -> Path:
     """Raise a UserError naming the missing file and what to do."""
     if not Path(path).is_file():

@@ -101,3 +101,11 @@ def test_real_minilm_matches_sentence_transformers():
     assert ours.shape == (4, 384)
     assert (ours * ref).sum(1).min() > 0.9999
     assert (m.encode_queries(Q) * st.encode(Q, normalize_embeddings=True)).sum(1).min() > 0.9999
+
+
+def test_checkpoint_progress_and_from_payload(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m.pt", extra={"progress": {"stage": 2, "epoch": 3}})
+    m = TwoTowerModel.from_pretrained(tmp_path / "m.pt")
+    assert m.progress == {"stage": 2, "epoch": 3} and tiny_model.progress == {}
+    m2 = TwoTowerModel.from_payload(torch.load(tmp_path / "m.pt", weights_only=True), str(tmp_path / "m.pt"))
+    assert np.allclose(m2.encode_queries(Q), m.encode_queries(Q), atol=1e-6)
