@@ -26,7 +26,7 @@ import pandas as pd
 
 from embeddings import load_index
 from two_tower_model import TwoTowerModel
-from utils import (UserError, add_common_args, add_comparison_args, clean_text, get_device,
+from utils import (UserError, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
                    load_catalog, load_prepared, log, run_cli)
 
 MAX_QUERY_CHARS = 500
@@ -86,10 +86,10 @@ class Demo:
             for q, g in gt.groupby(gt["query"].str.lower().str.strip()):
                 self.labels[q] = dict(zip(g["product_id"], g["esci_label"]))
         trained = TwoTowerModel.from_pretrained(args.checkpoint).to(dev)
-        self.systems = [System("trained", trained, args.index_dir or d / "indices", prod)]
+        self.systems = [System("trained", trained, args.index_dir or index_dir(d), prod)]
         if not args.no_baseline:
             base = TwoTowerModel.from_pretrained(args.base_model).to(dev)
-            self.systems.append(System("baseline", base, args.baseline_index_dir or d / "indices_baseline", prod))
+            self.systems.append(System("baseline", base, args.baseline_index_dir or index_dir(d, True), prod))
         self.k, self.kind, self.json = args.k, args.index, args.json
         self.last: dict | None = None
         self.startup_s = time.perf_counter() - t0

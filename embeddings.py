@@ -1,8 +1,12 @@
 """Catalog embeddings and FAISS indices, shared by reindexing, mining, evaluation and the demo.
 
-`encode_catalog` streams product embeddings in chunks into a memory-mapped float32 `.npy` with a
-sidecar JSON fingerprint (model checksum, catalog checksum, dimension, count):
-  - an unchanged catalog + model is never encoded twice (the cached file is returned);
+`catalog_embeddings(model, products, data_dir)` is the one cache of a model's catalog encode:
+data/embeddings_cache/<model fingerprint>/embeddings.npy, so mining with a checkpoint and
+reindexing the same checkpoint encode the catalog once. `encode_catalog` streams product
+embeddings in chunks into a memory-mapped float32 `.npy` with a sidecar JSON fingerprint (model
+fingerprint, catalog checksum, dimension, count):
+  - an unchanged catalog + model is never encoded twice (the cached file is returned after a
+    check of its shape and of finite values);
   - an interrupted encode resumes at the last completed chunk;
   - under torchrun each process encodes its own slice and rank 0 assembles the result.
 
@@ -12,27 +16,17 @@ that names the model and catalog they belong to; a mismatch is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import pandas as pd
 from tqdm import tqdm
 
-from utils import UserError, atomic_path, barrier, init_distributed, log, read_json, write_json, write_parquet
+from utils import (UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json,
+                   write_json, write_parquet)
 
 CHUNK = 8192
-
-
-def model_fingerprint(model) -> str:
-    """sha256 of the model config and every weight (identical weights -> identical fingerprint)."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def catalog_fingerprint(products: pd.DataFrame) -> str:
@@ -49,18 +43,38 @@ def _open(path: Path, n: int, d: int, mode: str) -> np.memmap:
     return np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(n, d))
 
 
+def catalog_embeddings(model, products: pd.DataFrame, data_dir: Path, batch_size: int = 64,
+                       show_progress: bool = True) -> tuple[np.ndarray, dict]:
+    """The model's embeddings of the catalog from its one cache under data_dir (encoded if needed)."""
+    return encode_catalog(model, products, embedding_cache_dir(data_dir, model.fingerprint()), batch_size,
+                          show_progress)
+
+
+def _cache_ok(final: Path, fp: dict) -> bool:
+    """A cached embeddings.npy has the recorded shape and only finite values (checked in chunks)."""
+    try:
+        emb = np.load(final, mmap_mode="r")
+    except (ValueError, OSError):
+        return False
+    if emb.shape != (fp["count"], fp["dim"]) or emb.dtype != np.float32:
+        return False
+    return all(np.isfinite(emb[s:s + 262_144]).all() for s in range(0, len(emb), 262_144))
+
+
 def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: int = 64,
                    show_progress: bool = True) -> tuple[np.ndarray, dict]:
     """Embeddings (n, d) of products["product_text"], cached in cache_dir/embeddings.npy."""
     rank, world = init_distributed()
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fp = {"model": model_fingerprint(model), "catalog": catalog_fingerprint(products),
+    fp = {"model": model.fingerprint(), "catalog": catalog_fingerprint(products),
           "dim": model.config.embedding_dim, "count": len(products), "dtype": "float32"}
     final, meta_path = cache_dir / "embeddings.npy", cache_dir / "embeddings.json"
     if final.is_file() and meta_path.is_file() and read_json(meta_path).get("fingerprint") == fp:
-        log.info("catalog embeddings up to date in %s (cache hit)", final)
-        return np.load(final, mmap_mode="r"), read_json(meta_path)
+        if _cache_ok(final, fp):
+            log.info("catalog embeddings up to date in %s (cache hit)", final)
+            return np.load(final, mmap_mode="r"), read_json(meta_path)
+        log.warning("cached %s is damaged (shape or non-finite values); encoding again", final)
     texts = products["product_text"].to_numpy()
     bounds = np.linspace(0, len(products), world + 1).astype(int)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
@@ -151,7 +165,7 @@ def load_index(index_dir: Path, kind: str = "flat", model=None, products: pd.Dat
         if not p.is_file():
             raise UserError(f"index file not found: {p}; build it with reindex_with_trained_model.py")
     meta = read_json(meta_path)
-    if model is not None and meta.get("model_fingerprint") != model_fingerprint(model):
+    if model is not None and meta.get("model_fingerprint") != model.fingerprint():
         raise UserError(f"{index_dir} was built with model {meta.get('model', {}).get('source')} "
                         f"(fingerprint {meta.get('model_fingerprint')}), not the model in use; rebuild it with "
                         f"reindex_with_trained_model.py")

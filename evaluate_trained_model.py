@@ -2,12 +2,15 @@
 
 Reads: the trained model (--checkpoint, default checkpoints/best_model.pt) with its index
 (--index-dir, default data/indices) and the baseline model (--base-model) with
-data/indices_baseline (built on request with --build-missing); data/ground_truth.parquet (split test)
+data/indices_baseline (both built by reindex_with_trained_model.py; a missing one is reported with
+the command that builds it); data/ground_truth.parquet (split test)
 and data/products_clean.parquet. Every test query is retrieved from the whole catalog.
 Writes (--out-dir, default data/eval):
   report.json   {"baseline": {...}, "trained": {...}, "delta": {...}, "relative": {...}, "ci95": {...},
                  "per_query": {...}, "speed": {...}}; metrics as flat numbers: recall@K, precision@K,
-                 ndcg@K (ESCI gains E 1, S 0.1, C 0.01), mrr, map, K = 1 5 10 20 50 100 200
+                 ndcg@K (ESCI gains E 1, S 0.1, C 0.01), mrr, map, K = 1 5 10 20 50 100 200, and
+                 kdd_task1_ndcg: the KDD Cup 2022 Task 1 number (each query's judged products
+                 re-ranked by the model, nDCG with gains E 1, S 0.1, C 0.01, I 0, over all queries)
   report.md     comparison table; recall_at_k.png, ndcg10_per_query_delta.png
   baseline.run, trained.run (TREC, top 200), qrels.txt (E 3, S 2, C 1, I 0)
 
@@ -23,22 +26,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings import load_index, search
-from metrics import DEFAULT_KS, evaluate_run
+from embeddings import catalog_embeddings, load_index, search
+from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
-from utils import (ESCI_GAINS, Timer, UserError, add_common_args, add_comparison_args,
-                   args_to_config, atomic_path, get_device, load_catalog, load_prepared, log, peak_rss_mb, run_cli,
-                   write_json)
+from utils import (ESCI_GAINS, Timer, UserError, add_common_args, add_comparison_args, args_to_config,
+                   atomic_path, eval_dir, get_device, index_dir, load_catalog, load_prepared, log, peak_rss_mb,
+                   run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
-HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10"]
+HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10", "kdd_task1_ndcg"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_comparison_args(p)
-    p.add_argument("--build-missing", action="store_true", help="build a missing index first (reindex)")
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat", help="index used for the metrics")
     p.add_argument("--relevant", choices=["E", "ES"], default="E", help="labels that count as relevant")
     p.add_argument("--split", default="test")
@@ -75,6 +77,21 @@ def trec_qrels_lines(qrels: dict) -> list[str]:
     return [f"{q} 0 {pid} {TREC_GRADE[lab]}" for q, j in qrels.items() for pid, lab in j.items()]
 
 
+def judged_rerank_ndcg(q_emb: np.ndarray, query_ids, p_emb: np.ndarray, row_of: pd.Series,
+                       qrels: dict) -> np.ndarray:
+    """KDD Task 1 nDCG per query (in `query_ids` order): its judged catalog products scored by
+    q . p and re-ranked; q_emb (n, d) aligned with query_ids, p_emb (catalog, d)."""
+    out = np.zeros(len(query_ids))
+    for i, q in enumerate(query_ids):
+        judged = qrels.get(q, {})
+        rows = row_of.reindex(list(judged)).dropna().astype(np.int64)
+        if rows.empty:
+            continue
+        sc = np.asarray(p_emb[rows.to_numpy()]) @ q_emb[i]
+        out[i] = kdd_task1_ndcg(dict(zip(rows.index, sc.tolist())), judged)
+    return out
+
+
 def _write_lines(path: Path, lines: list[str]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -84,13 +101,16 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 # One system
 # ---------------------------------------------------------------------------------------------
 def run_system(name: str, model: TwoTowerModel, index_dir: Path, products: pd.DataFrame, queries: pd.DataFrame,
-               args) -> dict:
+               qrels: dict, args) -> dict:
     index, ids, meta = load_index(index_dir, args.index, model=model, products=products)
     with Timer() as t_enc:
         qe = model.encode_queries(queries["query"].tolist())
     with Timer() as t_search:
         scores, rows = search(index, qe, args.top_k)
     run = {q: ids[r[r >= 0]].tolist() for q, r in zip(queries["query_id"], rows)}
+    p_emb, _ = catalog_embeddings(model, products, args.data_dir, show_progress=False)  # cached by reindex
+    row_of = pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy())
+    kdd = judged_rerank_ndcg(qe, queries["query_id"].tolist(), p_emb, row_of, qrels)
     sc = {q: s[r >= 0].tolist() for q, s, r in zip(queries["query_id"], scores, rows)}
     speed = {"query_encode_ms": round(1000 * t_enc.seconds / max(len(queries), 1), 3),
              "search_batch_qps": round(len(queries) / max(t_search.seconds, 1e-9), 1),
@@ -111,30 +131,24 @@ def run_system(name: str, model: TwoTowerModel, index_dir: Path, products: pd.Da
             speed[f"{kind}_latency_ms_p95"] = round(float(np.percentile(lat, 95)), 2)
             speed[f"{kind}_qps_single"] = round(1000 / float(np.mean(lat)), 1)
     log.info("%s: retrieved %d queries from %s (%s)", name, len(queries), index_dir, args.index)
-    return {"run": run, "scores": sc, "speed": speed, "index_meta": meta}
+    return {"run": run, "scores": sc, "speed": speed, "index_meta": meta, "kdd": kdd}
 
 
-def get_index(model_kind: str, args, index_dir: Path) -> Path:
+def require_index(model_kind: str, args, index_dir: Path) -> Path:
+    """The index directory, or one line saying how to build it."""
     if (index_dir / "metadata.json").is_file():
         return index_dir
-    how = ("python reindex_with_trained_model.py --baseline" if model_kind == "baseline"
-           else f"python reindex_with_trained_model.py --checkpoint {args.checkpoint}")
-    if not args.build_missing:
-        raise UserError(f"no {model_kind} index in {index_dir}: build it with `{how} --data-dir {args.data_dir}` "
-                        f"or pass --build-missing")
-    import reindex_with_trained_model as rx
-    argv = ["--data-dir", str(args.data_dir), "--index-dir", str(index_dir), "--device", args.device]
-    argv += ["--baseline", "--base-model", args.base_model] if model_kind == "baseline" else \
-        ["--checkpoint", str(args.checkpoint)]
-    rx.main(rx.parse_args(argv))
-    return index_dir
+    how = (f"python reindex_with_trained_model.py --baseline --base-model {args.base_model}"
+           if model_kind == "baseline" else f"python reindex_with_trained_model.py --checkpoint {args.checkpoint}")
+    raise UserError(f"no {model_kind} index in {index_dir}: build it with `{how} --data-dir {args.data_dir} "
+                    f"--index-dir {index_dir}`")
 
 
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict:
-    out = args.out_dir or args.data_dir / "eval"
+    out = args.out_dir or eval_dir(args.data_dir)
     dev = get_device(args.device)
     gt = load_prepared(args.data_dir, "ground_truth")
     products = load_catalog(args.data_dir)
@@ -150,14 +164,17 @@ def main(args: argparse.Namespace) -> dict:
     systems = {}
     trained = TwoTowerModel.from_pretrained(args.checkpoint).to(dev)
     baseline = TwoTowerModel.from_pretrained(args.base_model).to(dev)
-    for name, model, idx in (("baseline", baseline, args.baseline_index_dir or args.data_dir / "indices_baseline"),
-                             ("trained", trained, args.index_dir or args.data_dir / "indices")):
-        systems[name] = run_system(name, model, get_index(name, args, idx), products, queries, args)
+    for name, model, idx in (("baseline", baseline, args.baseline_index_dir or index_dir(args.data_dir, True)),
+                             ("trained", trained, args.index_dir or index_dir(args.data_dir))):
+        systems[name] = run_system(name, model, require_index(name, args, idx), products, queries, qrels,
+                                   args)
     report: dict = {"relevant": "+".join(rel), "split": args.split, "index": args.index, "ks": list(DEFAULT_KS),
                     "queries": int(len(queries)), "catalog_size": len(products), "gains": ESCI_GAINS}
     per = {}
     for name, s in systems.items():
         m, per[name] = evaluate_run(s["run"], qrels, rel, ESCI_GAINS, DEFAULT_KS)
+        m["kdd_task1_ndcg"] = float(np.mean(s["kdd"]))
+        per[name]["kdd_task1_ndcg"] = s["kdd"]
         report[name] = m
         report.setdefault("speed", {})[name] = s["speed"]
     b, t = report["baseline"], report["trained"]
@@ -165,7 +182,7 @@ def main(args: argparse.Namespace) -> dict:
     report["delta"] = {k: t[k] - b[k] for k in metrics}
     report["relative"] = {k: (t[k] - b[k]) / b[k] if b[k] else None for k in metrics}
     report["ci95"] = {k: paired_bootstrap_ci(per["baseline"][k], per["trained"][k], args.bootstrap, args.seed)
-                      for k in ("recall@10", "ndcg@10")}
+                      for k in ("recall@10", "ndcg@10", "kdd_task1_ndcg")}
     d = per["trained"]["ndcg@10"] - per["baseline"]["ndcg@10"]
     report["per_query"] = {"ndcg@10": {"better": int((d > 1e-9).sum()), "worse": int((d < -1e-9).sum()),
                                        "same": int((np.abs(d) <= 1e-9).sum())}}

@@ -26,10 +26,11 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from embeddings import build_index, encode_catalog, search
-from reindex_with_trained_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config, is_main_process,
-                   load_catalog, load_prepared, log, parquet_writer, peak_rss_mb, run_cli, write_json)
+from embeddings import build_index, catalog_embeddings, search
+from two_tower_model import add_model_source_args, load_model_from_args
+from utils import (DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config, hard_negatives_path,
+                   is_main_process, load_catalog, load_prepared, log, parquet_writer, peak_rss_mb, run_cli,
+                   stage_checkpoint, write_json)
 
 HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),
@@ -42,7 +43,7 @@ HIST_BINS = [-1.0, 0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 10.0]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_source_args(p, DEFAULT_CHECKPOINT_DIR / "stage1.pt")
+    add_model_source_args(p, stage_checkpoint(DEFAULT_CHECKPOINT_DIR, 1))
     p.add_argument("--output", type=Path, default=None, help="default: DATA_DIR/hard_negatives_stage2.parquet")
     p.add_argument("--top-k", type=int, default=100, help="candidates retrieved per query")
     p.add_argument("--num-negatives", type=int, default=15, help="hard negatives kept per query")
@@ -87,7 +88,7 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
 
 
 def main(args: argparse.Namespace) -> dict:
-    out = args.output or args.data_dir / "hard_negatives_stage2.parquet"
+    out = args.output or hard_negatives_path(args.data_dir, 2)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists (a mining round is never overwritten silently); pass --overwrite or "
                         f"choose another --output, e.g. {out.with_name(out.stem + '_round2.parquet')}")
@@ -96,8 +97,7 @@ def main(args: argparse.Namespace) -> dict:
         products = load_catalog(args.data_dir)
         queries = load_prepared(args.data_dir, "training_pairs", ["query_id", "query"]).drop_duplicates("query_id")
         gt = load_prepared(args.data_dir, "ground_truth")
-        emb, _ = encode_catalog(model, products, args.data_dir / "embeddings_cache" / ("baseline" if args.baseline
-                                else Path(str(args.checkpoint)).stem), batch_size=args.batch_size)
+        emb, _ = catalog_embeddings(model, products, args.data_dir, batch_size=args.batch_size)
         if not is_main_process():
             return {}
         cat_ids = products["product_id"].to_numpy()

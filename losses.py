@@ -1,17 +1,31 @@
 """Loss functions for the two-tower model (phase 3), in the style of sentence-transformers' losses.
 
-Every loss takes L2-normalised embeddings (so `q @ p.T` is cosine similarity) and optional
-per-example weights (the ESCI relevance weights: E 1.0, S 0.9, C 0.6), and returns a scalar: the
-weighted mean over examples, sum(w_i * loss_i) / sum(w_i).
+Every loss has one call signature, so the trainer calls whichever is configured the same way:
+
+    loss = loss_fn(query_emb, positive_emb, negative_emb=None, weights=None, mask=None,
+                   log_q=None, negative_valid=None)
+
+    query_emb (b, d), positive_emb (b, d)   L2-normalised; row i's positive is positive_emb[i]
+    negative_emb (b, k, d) optional         k explicit (hard/labelled/random) negatives per row
+    weights (b,) optional                   per-row weights (ESCI relevance: E 1.0, S 0.9, C 0.6)
+    mask (b, b + b*k) optional bool         True where an in-batch candidate must not be a negative
+                                            for the row (see `accidental_hit_mask`)
+    log_q (b + b*k,) optional               log sampling probability of each candidate (logQ)
+    negative_valid (b, k) optional bool     False for padding negative slots
+
+Inputs a loss does not use (e.g. `mask` in the triplet loss) are accepted and ignored, as
+documented per class. Every loss returns a scalar: the weighted mean over rows (or pairs),
+sum(w_i * loss_i) / sum(w_i).
 
     WeightedContrastiveLoss  pairs (query, product, label): positives pulled in, negatives pushed past a margin
     TripletLoss              (anchor, positive, negative[s]) with a margin
-    InBatchNegativesLoss     InfoNCE over in-batch positives + explicit hard negatives, with
+    InBatchNegativesLoss     InfoNCE over in-batch positives + explicit negatives, with
                              accidental-hit masking and optional logQ correction
     CombinedLoss             InBatchNegativesLoss + contrastive_weight * WeightedContrastiveLoss
 
-Helpers: `accidental_hit_mask` builds the mask of candidates that must not count as negatives,
-`log_sampling_probabilities` estimates logQ terms from training-pair frequencies.
+`build_loss(name, ...)` makes one from the CLI settings. Helpers: `accidental_hit_mask` builds the
+mask of candidates that must not count as negatives, `log_sampling_probabilities` estimates logQ
+terms from training-pair frequencies.
 
 Example (CPU, runs in a second):
     python -c "import torch, losses; q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1); \
@@ -37,6 +51,32 @@ def _weighted_mean(per_example: torch.Tensor, weights: torch.Tensor | None) -> t
     return (per_example * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def _valid(negative_emb: torch.Tensor, negative_valid: torch.Tensor | None) -> torch.Tensor:
+    """(b, k) bool of real negative slots (all True when no padding mask is given)."""
+    b, k = negative_emb.shape[:2]
+    if negative_valid is None:
+        return torch.ones(b, k, dtype=torch.bool, device=negative_emb.device)
+    return negative_valid.to(device=negative_emb.device, dtype=torch.bool)
+
+
+def contrastive_pairs(query_emb: torch.Tensor, positive_emb: torch.Tensor, negative_emb: torch.Tensor | None,
+                      weights: torch.Tensor | None, negative_valid: torch.Tensor | None):
+    """(q, p, labels, weights) of the pair view of a batch: each row's positive (label 1, weight
+    w_i) and each of its real explicit negatives (label 0, weight 1). Shapes (n, d), (n, d), (n,), (n,)."""
+    b, dev = query_emb.shape[0], query_emb.device
+    w_pos = weights.to(dev, torch.float32) if weights is not None else torch.ones(b, device=dev)
+    if negative_emb is None:
+        return query_emb, positive_emb, torch.ones(b, device=dev), w_pos
+    k = negative_emb.shape[1]
+    keep = _valid(negative_emb, negative_valid).reshape(-1)  # (b*k,)
+    q_neg = query_emb.repeat_interleave(k, 0)[keep]  # (m, d)
+    p_neg = negative_emb.reshape(b * k, -1)[keep]  # (m, d)
+    m = q_neg.shape[0]
+    return (torch.cat([query_emb, q_neg]), torch.cat([positive_emb, p_neg]),
+            torch.cat([torch.ones(b, device=dev), torch.zeros(m, device=dev)]),
+            torch.cat([w_pos, torch.ones(m, device=dev)]))
+
+
 class WeightedContrastiveLoss(nn.Module):
     """Contrastive loss on cosine distance d = 1 - cos(q, p) (Hadsell, Chopra & LeCun, CVPR 2006;
     the cosine form of sentence-transformers' ContrastiveLoss):
@@ -44,26 +84,31 @@ class WeightedContrastiveLoss(nn.Module):
         loss_i = 1/2 * [ y_i * d_i^2 + (1 - y_i) * relu(margin - d_i)^2 ]
 
     Positives (y = 1) are pulled together; negatives (y = 0) are pushed until their distance is at
-    least `margin` (cos <= 1 - margin) and then ignored.
+    least `margin` (cos <= 1 - margin) and then ignored. The pairs are each row's positive (label 1,
+    weight w_i) and each of its real explicit negatives (label 0, weight 1); `mask` and `log_q`
+    are not used (no in-batch candidates). `pair_loss(q, p, labels, weights)` scores given pairs.
 
     Args:
         margin: cosine-distance margin for negatives (default 0.5; 0.2 would stop pushing at cos 0.8).
-    Inputs:
-        query_emb (n, d), product_emb (n, d): L2-normalised pairs.
-        labels (n,): 1 for a positive pair, 0 for a negative.
-        weights (n,) optional: per-pair weights.
+    Inputs: the common signature (module docstring).
     """
 
     def __init__(self, margin: float = 0.5):
         super().__init__()
         self.margin = margin
 
-    def forward(self, query_emb: torch.Tensor, product_emb: torch.Tensor, labels: torch.Tensor,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+    def pair_loss(self, query_emb: torch.Tensor, product_emb: torch.Tensor, labels: torch.Tensor,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of n explicit pairs: (n, d), (n, d), labels (n,) 1/0, weights (n,)."""
         d = 1.0 - (query_emb * product_emb).sum(-1)  # (n,)
         y = labels.to(d.dtype)
         per = 0.5 * (y * d.pow(2) + (1 - y) * F.relu(self.margin - d).pow(2))  # (n,)
         return _weighted_mean(per, weights)
+
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor, negative_emb: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                log_q: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pair_loss(*contrastive_pairs(query_emb, positive_emb, negative_emb, weights, negative_valid))
 
 
 class TripletLoss(nn.Module):
@@ -71,27 +116,31 @@ class TripletLoss(nn.Module):
 
         loss_i = mean_k relu( d(a_i, p_i) - d(a_i, n_ik) + margin ),   d = 1 - cos
 
+    averaged over row i's real negative slots (`negative_valid`); a row with no real negative
+    contributes 0. `mask` and `log_q` are not used. Needs explicit negatives.
+
     Args:
         margin: required gap between the negative's and the positive's distance (default 0.2).
-    Inputs:
-        anchor (b, d), positive (b, d): L2-normalised.
-        negative (b, d) or (b, k, d): one or k negatives per anchor.
-        weights (b,) optional: per-anchor weights.
-        negative_mask (b, k) optional bool: True where a negative slot is padding (ignored).
+    Inputs: the common signature; negative_emb (b, d) is taken as one negative per row.
     """
+
+    needs_negatives = True
 
     def __init__(self, margin: float = 0.2):
         super().__init__()
         self.margin = margin
 
-    def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                weights: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if negative.dim() == 2:
-            negative = negative.unsqueeze(1)  # (b, 1, d)
-        d_pos = 1.0 - (anchor * positive).sum(-1, keepdim=True)  # (b, 1)
-        d_neg = 1.0 - torch.einsum("bd,bkd->bk", anchor, negative)  # (b, k)
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor, negative_emb: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                log_q: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+        if negative_emb is None:
+            raise ValueError("TripletLoss needs explicit negatives (negative_emb)")
+        if negative_emb.dim() == 2:
+            negative_emb = negative_emb.unsqueeze(1)  # (b, 1, d)
+        d_pos = 1.0 - (query_emb * positive_emb).sum(-1, keepdim=True)  # (b, 1)
+        d_neg = 1.0 - torch.einsum("bd,bkd->bk", query_emb, negative_emb)  # (b, k)
         per = F.relu(d_pos - d_neg + self.margin)  # (b, k)
-        valid = torch.ones_like(per) if negative_mask is None else (~negative_mask).to(per.dtype)
+        valid = _valid(negative_emb, negative_valid).to(per.dtype)  # (b, k)
         per = (per * valid).sum(-1) / valid.sum(-1).clamp_min(1)  # (b,)
         return _weighted_mean(per, weights)
 
@@ -111,18 +160,12 @@ class InBatchNegativesLoss(nn.Module):
     Accidental hits: a candidate that is the same product as row i's positive, or a product judged
     E/S/C for row i's query, is not a negative for row i; it is masked out of row i's softmax (its
     logit set to a large negative number). The diagonal is never masked. ESCI queries have many
-    positives: unmasked, they would teach the model to push relevant products away.
+    positives: unmasked, they would teach the model to push relevant products away. Padding
+    negative slots (`negative_valid` False) are masked for every row.
 
     Args:
         temperature: softmax temperature (default 0.05, i.e. scale 20 as in sentence-transformers).
-    Inputs:
-        query_emb (b, d), positive_emb (b, d): L2-normalised; row i's positive is positive_emb[i].
-        negative_emb (b, k, d) optional: k explicit (hard/random) negatives per row, shared by the batch.
-        weights (b,) optional: per-row weights.
-        mask (b, b + b*k) optional bool: True where the candidate must not be a negative for the row
-            (see `accidental_hit_mask`); padding negative slots should be masked for every row.
-        log_q (b + b*k,) optional: log sampling probability of each candidate (logQ correction);
-            use 0 for candidates whose probability is unknown.
+    Inputs: the common signature (module docstring).
     Returns:
         scalar loss.
     """
@@ -137,24 +180,24 @@ class InBatchNegativesLoss(nn.Module):
 
     def logits(self, query_emb: torch.Tensor, positive_emb: torch.Tensor,
                negative_emb: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-               log_q: torch.Tensor | None = None) -> torch.Tensor:
+               log_q: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
         """The masked, corrected logit matrix (b, b + b*k)."""
+        b = query_emb.shape[0]
         cands = positive_emb if negative_emb is None else torch.cat(
             [positive_emb, negative_emb.reshape(-1, negative_emb.shape[-1])], 0)  # (b + b*k, d)
         logits = self.scale * (query_emb @ cands.T)  # (b, b + b*k)
         if log_q is not None:
-            logits = logits - log_q.to(logits.dtype).unsqueeze(0)
-        if mask is not None:
-            b = query_emb.shape[0]
-            mask = mask.clone()
-            mask[torch.arange(b), torch.arange(b)] = False  # the own positive is always the target
-            logits = logits.masked_fill(mask, NEG_INF)
-        return logits
+            logits = logits - log_q.to(logits.device, logits.dtype).unsqueeze(0)
+        full = torch.zeros_like(logits, dtype=torch.bool) if mask is None else mask.to(logits.device).clone()
+        if negative_emb is not None and negative_valid is not None:
+            full[:, b:] |= ~_valid(negative_emb, negative_valid).reshape(1, -1)  # padding slots
+        full[torch.arange(b), torch.arange(b)] = False  # the own positive is always the target
+        return logits.masked_fill(full, NEG_INF)
 
-    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor,
-                negative_emb: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, log_q: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.logits(query_emb, positive_emb, negative_emb, mask, log_q)  # (b, b + b*k)
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor, negative_emb: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                log_q: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.logits(query_emb, positive_emb, negative_emb, mask, log_q, negative_valid)  # (b, b + b*k)
         target = torch.arange(logits.shape[0], device=logits.device)
         per = F.cross_entropy(logits.float(), target, reduction="none")  # (b,)
         return _weighted_mean(per, weights)
@@ -163,17 +206,16 @@ class InBatchNegativesLoss(nn.Module):
 class CombinedLoss(nn.Module):
     """The plan's recommendation: in-batch negatives plus a weighted contrastive term,
 
-        loss = InBatchNegativesLoss(q, p, negs) + contrastive_weight * WeightedContrastiveLoss(pairs)
+        loss = InBatchNegativesLoss(all inputs) + contrastive_weight * WeightedContrastiveLoss(all inputs)
 
     where the contrastive pairs are each row's positive (label 1, weight w_i) and each of its
-    explicit negatives (label 0, weight 1). Padding negative slots are skipped.
+    real explicit negatives (label 0, weight 1).
 
     Args:
         temperature: InfoNCE temperature (scale = 1 / temperature).
         margin: contrastive cosine-distance margin.
         contrastive_weight: mixing weight of the contrastive term (default 0.5; 0 = pure InfoNCE).
-    Inputs: as InBatchNegativesLoss, plus
-        negative_valid (b, k) optional bool: False for padding negative slots.
+    Inputs: the common signature (module docstring).
     """
 
     def __init__(self, temperature: float = 0.05, margin: float = 0.5, contrastive_weight: float = 0.5):
@@ -182,30 +224,30 @@ class CombinedLoss(nn.Module):
         self.contrastive = WeightedContrastiveLoss(margin)
         self.contrastive_weight = contrastive_weight
 
-    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor,
-                negative_emb: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
-                negative_valid: torch.Tensor | None = None) -> torch.Tensor:
-        loss = self.in_batch(query_emb, positive_emb, negative_emb, weights, mask, log_q)
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor, negative_emb: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                log_q: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.in_batch(query_emb, positive_emb, negative_emb, weights, mask, log_q, negative_valid)
         if self.contrastive_weight == 0:
             return loss
-        b = query_emb.shape[0]
-        w_pos = weights if weights is not None else torch.ones(b, device=query_emb.device)
-        q, p, y, w = [query_emb], [positive_emb], [torch.ones(b, device=query_emb.device)], [w_pos]
-        if negative_emb is not None:
-            k = negative_emb.shape[1]
-            keep = (negative_valid if negative_valid is not None
-                    else torch.ones(b, k, dtype=torch.bool, device=query_emb.device)).reshape(-1)
-            q.append(query_emb.repeat_interleave(k, 0)[keep])  # (b*k', d)
-            p.append(negative_emb.reshape(b * k, -1)[keep])
-            y.append(torch.zeros(int(keep.sum()), device=query_emb.device))
-            w.append(torch.ones(int(keep.sum()), device=query_emb.device))
-        pair_loss = self.contrastive(torch.cat(q), torch.cat(p), torch.cat(y), torch.cat(w))
-        return loss + self.contrastive_weight * pair_loss
+        pair = self.contrastive(query_emb, positive_emb, negative_emb, weights, mask, log_q, negative_valid)
+        return loss + self.contrastive_weight * pair
 
 
 LOSSES = {"combined": CombinedLoss, "infonce": InBatchNegativesLoss,
           "contrastive": WeightedContrastiveLoss, "triplet": TripletLoss}
+
+
+def build_loss(name: str, temperature: float = 0.05, margin: float = 0.5,
+               contrastive_weight: float = 0.5) -> nn.Module:
+    """The loss `name` (a key of LOSSES) with the settings that apply to it."""
+    if name == "combined":
+        return CombinedLoss(temperature, margin, contrastive_weight)
+    if name == "infonce":
+        return InBatchNegativesLoss(temperature)
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
+    return LOSSES[name](margin)
 
 
 # ---------------------------------------------------------------------------------------------

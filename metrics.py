@@ -63,6 +63,19 @@ def average_precision(ranked: Sequence[Hashable], relevant: set, k: int | None =
     return total / len(relevant)
 
 
+def kdd_task1_ndcg(scores: Mapping[Hashable, float], labels: Mapping[Hashable, str],
+                   gains: Mapping[str, float] | None = None) -> float:
+    """KDD Cup 2022 ESCI Task 1: nDCG of one query's judged products re-ranked by the model's score
+    (whole list, no cut-off; gains E 1.0, S 0.1, C 0.01, I 0; ties keep the judged order)."""
+    gains = gains or {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
+    items = [i for i in labels if i in scores]
+    if not items:
+        return 0.0
+    order = sorted(range(len(items)), key=lambda j: -scores[items[j]])  # stable: ties keep judged order
+    g = {i: gains.get(labels[i], 0.0) for i in items}
+    return ndcg_at_k([items[j] for j in order], g, len(items))
+
+
 def evaluate_run(run: Mapping[Hashable, Sequence[Hashable]], qrels: Mapping[Hashable, Mapping[Hashable, str]],
                  relevant_labels: Iterable[str] = ("E",), gains: Mapping[str, float] | None = None,
                  ks: Sequence[int] = DEFAULT_KS) -> tuple[dict, dict]:

@@ -7,9 +7,11 @@ Writes (--index-dir; default data/indices, or data/indices_baseline with --basel
   faiss_index_hnsw.bin   HNSW (--hnsw-m, --ef-construction, --ef-search)
   faiss_index_custom.bin with --index-factory (e.g. "IVF4096,PQ48" for very large catalogs)
   product_ids.parquet    index row -> product_id
-  metadata.json          model (source, checksum, base model, dimension), catalog checksum and
+  metadata.json          model (source, fingerprint, base model, dimension), catalog checksum and
                          size, index parameters, HNSW recall@10/@100 vs Flat, queries/s, build time
-  embeddings.npy/.json   the cached catalog embeddings (reused when model and catalog are unchanged)
+The catalog embeddings come from (or go to) the model's one cache,
+data/embeddings_cache/<model fingerprint>/, shared with mining: a checkpoint that was mined with
+is not encoded again.
 
 Example (CPU, tiny sample, ~30 s):
     python reindex_with_trained_model.py --baseline --data-dir /tmp/d
@@ -24,43 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings import (build_index, catalog_fingerprint, encode_catalog, save_index_meta, search, write_index)
-from two_tower_model import TwoTowerModel
-from utils import (DEFAULT_BASE_MODEL, DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args,
-                   args_to_config, file_sha256, get_device, init_distributed, is_main_process,
-                   load_catalog, log, run_cli)
-
-
-def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path | None) -> None:
-    """--checkpoint / --baseline / --base-model: which model to encode with (shared with the miner)."""
-    g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", type=Path, default=default_checkpoint, help="trained checkpoint (.pt or dir)")
-    g.add_argument("--baseline", action="store_true", help="use the pretrained base model instead")
-    g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base model for --baseline")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--batch-size", type=int, default=64, help="products per encode batch")
-
-
-def load_model_from_args(args: argparse.Namespace) -> tuple[TwoTowerModel, dict]:
-    """The model and a JSON description of where it came from."""
-    if args.baseline:
-        model = TwoTowerModel.from_pretrained(args.base_model)
-        info = {"source": args.base_model, "kind": "baseline", "checksum": None}
-    else:
-        if args.checkpoint is None:
-            raise UserError("give --checkpoint PATH or --baseline")
-        model = TwoTowerModel.from_pretrained(args.checkpoint)
-        info = {"source": str(args.checkpoint), "kind": "checkpoint",
-                "checksum": file_sha256(args.checkpoint) if Path(args.checkpoint).is_file() else None}
-    info.update(base_model=model.config.base_model, dim=model.config.embedding_dim,
-                tower_sharing=model.config.tower_sharing)
-    return model.to(get_device(args.device)), info
+from embeddings import build_index, catalog_embeddings, catalog_fingerprint, save_index_meta, search, write_index
+from two_tower_model import add_model_source_args, load_model_from_args
+from utils import (DEFAULT_CHECKPOINT_DIR, Timer, add_common_args, args_to_config, best_checkpoint,
+                   index_dir as default_index_dir, init_distributed, is_main_process, load_catalog, log, run_cli)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_source_args(p, DEFAULT_CHECKPOINT_DIR / "best_model.pt")
+    add_model_source_args(p, best_checkpoint(DEFAULT_CHECKPOINT_DIR))
     p.add_argument("--index-dir", type=Path, default=None,
                    help="output directory (default: DATA_DIR/indices, or DATA_DIR/indices_baseline)")
     p.add_argument("--hnsw-m", type=int, default=32)
@@ -92,14 +67,14 @@ def recall_vs_flat(flat, other, queries: np.ndarray, ks=(10, 100)) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     init_distributed()
-    index_dir = args.index_dir or args.data_dir / ("indices_baseline" if args.baseline else "indices")
+    index_dir = args.index_dir or default_index_dir(args.data_dir, args.baseline)
     model, info = load_model_from_args(args)
     products = load_catalog(args.data_dir)
     with Timer() as t_enc:
-        emb, emb_meta = encode_catalog(model, products, index_dir, batch_size=args.batch_size)
+        emb, emb_meta = catalog_embeddings(model, products, args.data_dir, batch_size=args.batch_size)
     if not is_main_process():
         return {}
-    meta = {"model": info, "model_fingerprint": emb_meta["fingerprint"]["model"],
+    meta = {"model": info, "model_fingerprint": info["fingerprint"],
             "catalog_fingerprint": catalog_fingerprint(products), "catalog_size": len(products),
             "dim": int(emb.shape[1]), "metric": "inner_product", "hnsw_m": args.hnsw_m,
             "ef_construction": args.ef_construction, "ef_search": args.ef_search,

@@ -6,7 +6,9 @@
 #   bash run_workflow.sh --raw-dir ~/esci   the real ESCI parquet files (full-size schedule, no budget)
 #   bash run_workflow.sh --fast             smoke run on the tiny sample (~2 min)
 #   bash run_workflow.sh --from stage2      redo stage2 and every step after it
-#   options: --size tiny|small|full  --data-dir DIR  --checkpoint-dir DIR  -- EXTRA_TRAIN_FLAGS...
+#   bash run_workflow.sh --raw-dir ../shared/real_esci --resplit-queries 0.5   a small extract, re-split by query hash
+#   options: --size tiny|small|full  --data-dir DIR  --checkpoint-dir DIR  --resplit-queries F
+#            -- EXTRA_TRAIN_FLAGS...
 #
 # A step is skipped when its outputs are newer than its inputs, so a rerun after an interruption
 # continues (an interrupted training stage resumes from last.pt). A failing step stops the run
@@ -14,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
-RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" FAST=0 EXTRA=()
+RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" FAST=0 EXTRA=() PREP=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --raw-dir) RAW_DIR=$2; shift 2 ;;
@@ -22,9 +24,10 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA=$2; shift 2 ;;
     --checkpoint-dir) CK=$2; shift 2 ;;
     --from) FROM=$2; shift 2 ;;
+    --resplit-queries) PREP+=(--resplit-queries "$2"); shift 2 ;;
     --fast) FAST=1; SIZE=tiny; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run_workflow.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +47,8 @@ else
 fi
 TRAIN+=("${EXTRA[@]}")
 RAW=${RAW_DIR:-$DATA/raw}
+# artifact paths come from one place (utils.artifact_paths): INDICES INDICES_BASELINE HN2 HN3 EVAL STAGE1..3 BEST LAST
+eval "$($PY utils.py paths "$DATA" "$CK")"
 
 FORCE=0
 [ -z "$FROM" ] || FORCE=-1
@@ -71,7 +76,7 @@ step() {  # step NAME OUTPUT INPUTS... -- CMD...: run CMD unless fresh; stop the
 }
 train_stage() {  # resume an interrupted stage; start a stage afresh when forced
   local s=$1
-  if [ "$FORCE" != 1 ] && [ -e "$CK/last.pt" ]; then
+  if [ "$FORCE" != 1 ] && [ -e "$LAST" ]; then
     $PY train_two_tower.py --stage "$s" --data-dir "$DATA" --checkpoint-dir "$CK" --resume "${TRAIN[@]}"
   else
     $PY train_two_tower.py --stage "$s" --data-dir "$DATA" --checkpoint-dir "$CK" "${TRAIN[@]}"
@@ -85,21 +90,20 @@ if [ -z "$RAW_DIR" ]; then
 fi
 step prepare "$DATA/prepare_stats.json" "$RAW/shopping_queries_dataset_examples.parquet" \
   "$RAW/shopping_queries_dataset_products.parquet" -- \
-  $PY prepare_training_data.py --raw-dir "$RAW" --data-dir "$DATA"
-step baseline_index "$DATA/indices_baseline/metadata.json" "$DATA/products_clean.parquet" -- \
-  $PY reindex_with_trained_model.py --baseline --data-dir "$DATA"
-step stage1 "$CK/stage1.pt" "$DATA/training_pairs.parquet" -- train_stage 1
-step mine1 "$DATA/hard_negatives_stage2.parquet" "$CK/stage1.pt" -- \
-  $PY hard_negative_mining.py --checkpoint "$CK/stage1.pt" --data-dir "$DATA" \
-  --output "$DATA/hard_negatives_stage2.parquet" --overwrite
-step stage2 "$CK/stage2.pt" "$CK/stage1.pt" "$DATA/hard_negatives_stage2.parquet" -- train_stage 2
-step mine2 "$DATA/hard_negatives_stage3.parquet" "$CK/stage2.pt" -- \
-  $PY hard_negative_mining.py --checkpoint "$CK/stage2.pt" --data-dir "$DATA" \
-  --output "$DATA/hard_negatives_stage3.parquet" --overwrite
-step stage3 "$CK/stage3.pt" "$CK/stage2.pt" "$DATA/hard_negatives_stage3.parquet" -- train_stage 3
-step reindex "$DATA/indices/metadata.json" "$CK/stage3.pt" "$DATA/products_clean.parquet" -- \
-  $PY reindex_with_trained_model.py --checkpoint "$CK/best_model.pt" --data-dir "$DATA"
-step evaluate "$DATA/eval/report.json" "$DATA/indices/metadata.json" "$DATA/indices_baseline/metadata.json" -- \
-  $PY evaluate_trained_model.py --checkpoint "$CK/best_model.pt" --data-dir "$DATA"
-[ -f "$DATA/eval/report.md" ] && cat "$DATA/eval/report.md"
-echo "workflow finished in $((SECONDS - T0))s; report: $DATA/eval/report.md" >&2
+  $PY prepare_training_data.py --raw-dir "$RAW" --data-dir "$DATA" "${PREP[@]}"
+step baseline_index "$INDICES_BASELINE/metadata.json" "$DATA/products_clean.parquet" -- \
+  $PY reindex_with_trained_model.py --baseline --data-dir "$DATA" --index-dir "$INDICES_BASELINE"
+step stage1 "$STAGE1" "$DATA/training_pairs.parquet" -- train_stage 1
+step mine1 "$HN2" "$STAGE1" -- \
+  $PY hard_negative_mining.py --checkpoint "$STAGE1" --data-dir "$DATA" --output "$HN2" --overwrite
+step stage2 "$STAGE2" "$STAGE1" "$HN2" -- train_stage 2
+step mine2 "$HN3" "$STAGE2" -- \
+  $PY hard_negative_mining.py --checkpoint "$STAGE2" --data-dir "$DATA" --output "$HN3" --overwrite
+step stage3 "$STAGE3" "$STAGE2" "$HN3" -- train_stage 3
+# best_model.pt is what gets indexed, so the index is checked against it
+step reindex "$INDICES/metadata.json" "$BEST" "$DATA/products_clean.parquet" -- \
+  $PY reindex_with_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --index-dir "$INDICES"
+step evaluate "$EVAL/report.json" "$INDICES/metadata.json" "$INDICES_BASELINE/metadata.json" -- \
+  $PY evaluate_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --out-dir "$EVAL"
+[ -f "$EVAL/report.md" ] && cat "$EVAL/report.md"
+echo "workflow finished in $((SECONDS - T0))s; report: $EVAL/report.md" >&2

@@ -2,9 +2,9 @@
 
 - `TokenStore`: every needed text tokenised once into one flat int32 array + offsets (bounded
   memory at ESCI scale), padded per batch to the batch's longest text only.
-- `StageData`: the positives of a stage (E+S, plus C from stage 3), each query's explicit
-  negatives (labelled I, random, and mined hard negatives from stage 2), the judged positives per
-  query for accidental-hit masking, and logQ terms.
+- `StageData`: the positives of a stage (E+S, plus C from stage 3) and each query's explicit
+  negatives (labelled I, random, and mined hard negatives from stage 2), by query index and
+  catalog row (the trainer adds the accidental-hit masks and logQ terms).
 - `plan_epoch`: a seeded, reproducible list of batches for one epoch: shuffled, length-bucketed
   within windows (fewer pad tokens), no product twice in a batch where avoidable, and the
   explicit negatives of each row drawn up front, so a resumed run sees exactly the same batches.
@@ -103,15 +103,6 @@ class StageData:
         self.neg_hard = neg["hard"].to_numpy().astype(bool)
         self.counts = {"positives": len(pos), "queries": len(self.query_ids),
                        "negatives": {k: int(v) for k, v in neg["neg_type"].value_counts().items()}}
-
-    def positives_by_query(self, extra: dict | None = None) -> dict[int, set]:
-        """qidx -> catalog rows judged positive (for masking accidental hits)."""
-        out: dict[int, set] = {}
-        for q, p in zip(self.pos_q.tolist(), self.pos_p.tolist()):
-            out.setdefault(q, set()).add(p)
-        for q, rows in (extra or {}).items():
-            out.setdefault(q, set()).update(rows)
-        return out
 
 
 def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,

@@ -12,10 +12,13 @@ Python API used by every later phase:
     scores = model(["query"], ["product text"])                 # (n,) similarity, with gradients
     model.save("checkpoints/model.pt")                           # or a directory (safetensors)
 
-Checkpoints hold the model config, the encoder's HF config and the tokenizer files next to the
-weights, so `from_pretrained` rebuilds the model with no base model or hyperparameters at hand.
-`.pt` files load with `torch.load(weights_only=True)`; directories hold `model.safetensors` +
-`ttsn_config.json`. No pickle.
+Checkpoints (written and read by `checkpoint.py`) hold the model config, the encoder's HF config,
+the tokenizer files and the weights' fingerprint next to the weights, so `from_pretrained` rebuilds
+the model with no base model or hyperparameters at hand. `.pt` files load with
+`torch.load(weights_only=True)`; directories hold `model.safetensors` + `ttsn_config.json`.
+
+Also here, for every phase that loads a model: `add_model_args` (build one from a base encoder),
+`add_model_source_args` + `load_model_from_args` (--checkpoint / --baseline).
 
 Example (CPU, ~10 s):
     python two_tower_model.py --query "bathroom fan without light" --product "Broan Bath Fan, 80 CFM"
@@ -25,9 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,11 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils import (DEFAULT_BASE_MODEL, UserError, atomic_path, bf16_supported, get_device, resolve_model_path, run_cli)
-
-CHECKPOINT_FORMAT = "ttsn-two-tower"
-CHECKPOINT_VERSION = 1
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+import checkpoint as ckpt
+from utils import DEFAULT_BASE_MODEL, UserError, bf16_supported, get_device, resolve_model_path, run_cli
 
 
 @dataclass
@@ -53,7 +51,7 @@ class TwoTowerConfig:
     query_max_len: int = 32
     product_max_len: int = 128
     projection_dim: int = 0                 # 0 = no projection MLP (embedding = encoder hidden size)
-    similarity: str = "cosine"              # cosine | dot
+    similarity: str = "cosine"              # always cosine: embeddings are L2-normalised, losses use cosine
     hidden_size: int = 0                    # filled from the encoder
     encoder_config: dict = field(default_factory=dict)  # the HF config of the encoder
 
@@ -72,8 +70,9 @@ class TwoTowerConfig:
     def validate(self) -> None:
         if self.tower_sharing not in ("shared", "separate"):
             raise UserError(f"tower_sharing must be shared or separate, not {self.tower_sharing!r}")
-        if self.similarity not in ("cosine", "dot"):
-            raise UserError(f"similarity must be cosine or dot, not {self.similarity!r}")
+        if self.similarity != "cosine":
+            raise UserError(f"similarity must be cosine, not {self.similarity!r} (the losses are defined "
+                            f"on cosine similarity of L2-normalised embeddings)")
         if self.query_max_len < 2 or self.product_max_len < 2:
             raise UserError("query_max_len and product_max_len must be at least 2 tokens")
 
@@ -87,12 +86,10 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 class Tower(nn.Module):
     """encoder -> mean pooling -> optional projection MLP -> L2 normalisation (cosine)."""
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, projection_dim: int = 0, normalize: bool = True,
-                 max_len: int = 128):
+    def __init__(self, encoder: nn.Module, hidden_size: int, projection_dim: int = 0, max_len: int = 128):
         super().__init__()
         self.encoder = encoder
         self.max_len = max_len
-        self.normalize = normalize
         self.projection = (nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
                                          nn.Linear(hidden_size, projection_dim))
                            if projection_dim else None)
@@ -102,8 +99,7 @@ class Tower(nn.Module):
         emb = mean_pool(hidden, attention_mask)  # (b, h)
         if self.projection is not None:
             emb = self.projection(emb)  # (b, d)
-        emb = emb.float()
-        return F.normalize(emb, dim=-1) if self.normalize else emb
+        return F.normalize(emb.float(), dim=-1)
 
 
 class QueryTower(Tower):
@@ -126,7 +122,9 @@ def _load_encoder(path: str) -> tuple[nn.Module, Any]:
 
 
 class TwoTowerModel(nn.Module):
-    """Query tower + product tower with cosine (or dot) similarity."""
+    """Query tower + product tower with cosine similarity."""
+
+    config_class = TwoTowerConfig
 
     def __init__(self, config: TwoTowerConfig, encoder: nn.Module, tokenizer: Any):
         super().__init__()
@@ -137,16 +135,16 @@ class TwoTowerModel(nn.Module):
         config.encoder_config = config.encoder_config or encoder.config.to_dict()
         self.config = config
         self.tokenizer = tokenizer
-        norm = config.similarity == "cosine"
-        self.query_tower = QueryTower(encoder, config.hidden_size, config.projection_dim, norm, config.query_max_len)
+        self.query_tower = QueryTower(encoder, config.hidden_size, config.projection_dim, config.query_max_len)
         if config.tower_sharing == "shared":
-            self.product_tower = ProductTower(encoder, config.hidden_size, 0, norm, config.product_max_len)
+            self.product_tower = ProductTower(encoder, config.hidden_size, 0, config.product_max_len)
             self.product_tower.projection = self.query_tower.projection  # one set of weights
         else:
             self.product_tower = ProductTower(copy.deepcopy(encoder), config.hidden_size, config.projection_dim,
-                                              norm, config.product_max_len)
+                                              config.product_max_len)
         self.encode_dtype: torch.dtype | None = None  # None = choose per device (bf16 where native)
         self.progress: dict = {}  # a checkpoint's training progress (stage, epoch, step); {} for base models
+        self._fingerprint: str | None = None  # set when saved/loaded; computed once otherwise
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -181,78 +179,26 @@ class TwoTowerModel(nn.Module):
             raise UserError(f"{source} embeds into {self.config.embedding_dim} dimensions, expected {dim}; "
                             f"it belongs to another model configuration")
 
-    # -- checkpoints ----------------------------------------------------------------------------
-    def checkpoint_payload(self) -> dict:
-        """Weights + config + tokenizer files, all `torch.load(weights_only=True)`-safe."""
-        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
-                "tokenizer_files": self._tokenizer_files(), "model": self.state_dict()}
-
+    # -- checkpoints (checkpoint.py does the file work) -----------------------------------------
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """`*.pt`: one torch file (atomic); otherwise a directory with safetensors + JSON config."""
-        path = Path(path)
-        if path.suffix == ".pt":
-            payload = self.checkpoint_payload()
-            payload.update(extra or {})
-            with atomic_path(path) as tmp:
-                torch.save(payload, tmp)
-            return path
-        from safetensors.torch import save_model
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / "model.safetensors") as tmp:
-            save_model(self, str(tmp))
-        for name, text in self._tokenizer_files().items():
-            with atomic_path(path / name) as tmp:
-                tmp.write_text(text)
-        with atomic_path(path / "ttsn_config.json") as tmp:
-            tmp.write_text(json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                                       "config": self.config.to_dict()}, indent=2))
-        return path
-
-    def _tokenizer_files(self) -> dict[str, str]:
-        with tempfile.TemporaryDirectory() as d:
-            self.tokenizer.save_pretrained(d)
-            return {n: Path(d, n).read_text() for n in TOKENIZER_FILES if Path(d, n).is_file()}
+        return ckpt.save_model(self, path, extra)
 
     @classmethod
     def from_payload(cls, payload: dict, source: str = "checkpoint") -> "TwoTowerModel":
         """Rebuild from an already loaded `.pt` payload (no second read of a large file)."""
-        return cls._load_checkpoint(Path(source), payload)
+        return ckpt.load_model(cls, Path(source), payload)
 
     @classmethod
-    def _load_checkpoint(cls, path: Path, payload: dict | None = None) -> "TwoTowerModel":
-        if payload is None and path.is_dir():
-            meta = json.loads((path / "ttsn_config.json").read_text())
-            state = None
-            tok_dir = str(path)
-        else:
-            meta = payload if payload is not None else load_checkpoint_file(path)
-            state = meta["model"]
-            tok_dir = None
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path} is not a two-tower checkpoint (format {meta.get('format')!r})")
-        cfg = TwoTowerConfig.from_dict(meta["config"])
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        enc_cfg = dict(cfg.encoder_config)
-        model_type = enc_cfg.pop("model_type")
-        encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **enc_cfg))
-        with tempfile.TemporaryDirectory() as d:
-            if tok_dir is None:
-                for name, text in meta.get("tokenizer_files", {}).items():
-                    Path(d, name).write_text(text)
-                tok_dir = d
-            tok = AutoTokenizer.from_pretrained(tok_dir)
-        model = cls(cfg, encoder, tok)
-        try:
-            if state is None:
-                from safetensors.torch import load_model
-                load_model(model, str(path / "model.safetensors"))
-            else:
-                model.load_state_dict(state)
-        except (RuntimeError, KeyError) as e:
-            raise UserError(f"{path}: weights do not fit the model config stored with them "
-                            f"({str(e).splitlines()[0][:160]})") from None
-        model.progress = dict(meta.get("progress", {}))  # where training was when it was saved
-        return model
+    def _load_checkpoint(cls, path: Path) -> "TwoTowerModel":
+        return ckpt.load_model(cls, path)
+
+    def fingerprint(self, refresh: bool = False) -> str:
+        """The weights' identity (16 hex digits): stored in the checkpoint when it was saved, else
+        computed once. Training code passes refresh=True (or saves) after changing weights."""
+        if refresh or self._fingerprint is None:
+            self._fingerprint = ckpt.compute_fingerprint(self)
+        return self._fingerprint
 
     # -- training-time forward ------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], side: str) -> dict[str, torch.Tensor]:
@@ -342,19 +288,7 @@ def _norm_id(s: str) -> str:
     return resolve_model_path(s) if s else s
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """torch.load(weights_only=True) with clear errors for missing, truncated or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a torch file
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]}); it may be truncated or corrupt") from None
-    if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:
-        raise UserError(f"{path} is not a two-tower checkpoint (no config/model entries)")
-    return obj
+load_checkpoint_file = ckpt.load_checkpoint_file  # kept importable from here
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -365,14 +299,38 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--query-max-len", type=int, default=32)
     g.add_argument("--product-max-len", type=int, default=128)
     g.add_argument("--projection-dim", type=int, default=0, help="projection MLP output size (0 = none)")
-    g.add_argument("--similarity", choices=["cosine", "dot"], default="cosine")
     return parser
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
     return {"tower_sharing": args.tower_sharing, "query_max_len": args.query_max_len,
-            "product_max_len": args.product_max_len, "projection_dim": args.projection_dim,
-            "similarity": args.similarity}
+            "product_max_len": args.product_max_len, "projection_dim": args.projection_dim}
+
+
+def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path | None) -> None:
+    """--checkpoint / --baseline / --base-model: which model a phase encodes with (reindex, mining)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", type=Path, default=default_checkpoint, help="trained checkpoint (.pt or dir)")
+    g.add_argument("--baseline", action="store_true", help="use the pretrained base model instead")
+    g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base model for --baseline")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--batch-size", type=int, default=64, help="products per encode batch")
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple["TwoTowerModel", dict]:
+    """The model named by add_model_source_args' flags, on its device, and a JSON description of
+    where it came from (source, kind, fingerprint, base model, dimension)."""
+    if args.baseline:
+        model = TwoTowerModel.from_pretrained(args.base_model)
+        info = {"source": args.base_model, "kind": "baseline"}
+    else:
+        if args.checkpoint is None:
+            raise UserError("give --checkpoint PATH or --baseline")
+        model = TwoTowerModel.from_pretrained(args.checkpoint)
+        info = {"source": str(args.checkpoint), "kind": "checkpoint"}
+    info.update(fingerprint=model.fingerprint(), base_model=model.config.base_model,
+                dim=model.config.embedding_dim, tower_sharing=model.config.tower_sharing)
+    return model.to(get_device(args.device)), info
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -32,6 +32,50 @@ DEFAULT_DATA_DIR = Path("data")
 DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
+# One helper per artifact path: every script and run_workflow.sh (via `python utils.py paths`) uses these.
+def index_dir(data_dir: str | os.PathLike, baseline: bool = False) -> Path:
+    """FAISS indices of the trained model (data/indices) or of the pretrained baseline."""
+    return Path(data_dir) / ("indices_baseline" if baseline else "indices")
+
+
+def hard_negatives_path(data_dir: str | os.PathLike, stage: int) -> Path:
+    """Hard negatives mined for training stage `stage` (2: by the stage-1 model, 3: by stage 2)."""
+    return Path(data_dir) / f"hard_negatives_stage{stage}.parquet"
+
+
+def embedding_cache_dir(data_dir: str | os.PathLike, model_fingerprint: str) -> Path:
+    """The one catalog-embedding cache of a model (shared by mining, reindexing and evaluation)."""
+    return Path(data_dir) / "embeddings_cache" / model_fingerprint
+
+
+def eval_dir(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / "eval"
+
+
+def stage_checkpoint(checkpoint_dir: str | os.PathLike, stage: int) -> Path:
+    """The model at the end of training stage `stage`."""
+    return Path(checkpoint_dir) / f"stage{stage}.pt"
+
+
+def best_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
+    return Path(checkpoint_dir) / "best_model.pt"
+
+
+def progress_path(checkpoint_dir: str | os.PathLike) -> Path:
+    """The small JSON mirror of last.pt's training progress."""
+    return Path(checkpoint_dir) / "progress.json"
+
+
+def artifact_paths(data_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
+    """Every path run_workflow.sh checks, by shell variable name."""
+    return {"INDICES": index_dir(data_dir), "INDICES_BASELINE": index_dir(data_dir, baseline=True),
+            "HN2": hard_negatives_path(data_dir, 2), "HN3": hard_negatives_path(data_dir, 3),
+            "EVAL": eval_dir(data_dir), "STAGE1": stage_checkpoint(checkpoint_dir, 1),
+            "STAGE2": stage_checkpoint(checkpoint_dir, 2), "STAGE3": stage_checkpoint(checkpoint_dir, 3),
+            "BEST": best_checkpoint(checkpoint_dir), "LAST": Path(checkpoint_dir) / "last.pt",
+            "PROGRESS": progress_path(checkpoint_dir)}
+
+
 ESCI_URL = "https://github.com/amazon-science/esci-data (shopping_queries_dataset/, Git LFS)"
 EXAMPLES_FILE = "shopping_queries_dataset_examples.parquet"
 PRODUCTS_FILE = "shopping_queries_dataset_products.parquet"
@@ -388,3 +432,18 @@ def barrier() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _print_paths(argv: list[str]) -> int:
+    """`python utils.py paths DATA_DIR CHECKPOINT_DIR`: shell assignments for run_workflow.sh."""
+    import shlex
+    if len(argv) != 3 or argv[0] != "paths":
+        print("usage: python utils.py paths DATA_DIR CHECKPOINT_DIR", file=sys.stderr)
+        return 2
+    for k, v in artifact_paths(argv[1], argv[2]).items():
+        print(f"{k}={shlex.quote(str(v))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_print_paths(sys.argv[1:]))

@@ -17,10 +17,10 @@ def test_contrastive_hand_computed_and_weights():
     p = unit([0, 1], [0.8, 0.6], [0, 1])  # cos 0, 0.8, 0  -> d = 1, 0.2, 1
     y = torch.tensor([1, 0, 0])
     per = [0.5 * 1.0, 0.5 * (0.5 - 0.2) ** 2, 0.0]  # positive far, negative inside margin, negative past it
-    loss = L.WeightedContrastiveLoss(margin=0.5)(q, p, y)
+    loss = L.WeightedContrastiveLoss(margin=0.5).pair_loss(q, p, y)
     assert loss.item() == pytest.approx(sum(per) / 3, rel=1e-5)
     w = torch.tensor([2.0, 1.0, 1.0])
-    loss_w = L.WeightedContrastiveLoss(margin=0.5)(q, p, y, w)
+    loss_w = L.WeightedContrastiveLoss(margin=0.5).pair_loss(q, p, y, w)
     assert loss_w.item() == pytest.approx((2 * per[0] + per[1]) / 4, rel=1e-5)
 
 
@@ -30,7 +30,7 @@ def test_triplet_hand_computed_and_padding_mask():
     negs = torch.stack([unit([0.8, 0.6])[0], unit([0, 1])[0]]).unsqueeze(0)  # d_neg = 0.2, 1.0
     loss = L.TripletLoss(margin=0.2)(a, pos, negs)
     assert loss.item() == pytest.approx((0.4 - 0.2 + 0.2 + 0.0) / 2, rel=1e-5)
-    masked = L.TripletLoss(margin=0.2)(a, pos, negs, negative_mask=torch.tensor([[False, True]]))
+    masked = L.TripletLoss(margin=0.2)(a, pos, negs, negative_valid=torch.tensor([[True, False]]))
     assert masked.item() == pytest.approx(0.4, rel=1e-5)
     assert L.TripletLoss(0.2)(a, pos, negs[:, 0]).item() == pytest.approx(0.4, rel=1e-5)
 
@@ -90,15 +90,19 @@ def test_combined_is_infonce_plus_weighted_contrastive():
     valid = torch.tensor([[True, True], [True, False], [True, True]])
     w = torch.tensor([1.0, 0.9, 0.6])
     comb = L.CombinedLoss(0.05, 0.5, contrastive_weight=0.3)(q, p, n, w, negative_valid=valid)
-    nce = L.InBatchNegativesLoss(0.05)(q, p, n, w)
+    nce = L.InBatchNegativesLoss(0.05)(q, p, n, w, negative_valid=valid)
+    # the padding slot (row 1, slot 1) is no candidate for any row
+    logits = L.InBatchNegativesLoss(0.05).logits(q, p, n, negative_valid=valid)
+    assert (logits[:, 3 + 3] < -1e3).all() and (logits[:, 3 + 2] > -1e3).all()
     keep = valid.reshape(-1)
     cq = torch.cat([q, q.repeat_interleave(2, 0)[keep]])
     cp = torch.cat([p, n.reshape(6, 8)[keep]])
     cy = torch.cat([torch.ones(3), torch.zeros(int(keep.sum()))])
     cw = torch.cat([w, torch.ones(int(keep.sum()))])
-    con = L.WeightedContrastiveLoss(0.5)(cq, cp, cy, cw)
+    con = L.WeightedContrastiveLoss(0.5).pair_loss(cq, cp, cy, cw)
     assert comb.item() == pytest.approx((nce + 0.3 * con).item(), rel=1e-5)
-    assert L.CombinedLoss(contrastive_weight=0)(q, p, n, w).item() == pytest.approx(nce.item(), rel=1e-6)
+    assert L.CombinedLoss(contrastive_weight=0)(q, p, n, w, negative_valid=valid).item() == pytest.approx(
+        nce.item(), rel=1e-6)
 
 
 def test_accidental_hit_mask():
@@ -136,3 +140,49 @@ def test_gradients_reach_the_right_towers(tiny_encoder_dir, sharing):
         m.embed(qb, "query").sum().backward()
         assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.product_tower.parameters())
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.query_tower.parameters())
+
+
+def _batch(b=3, k=2, d=8, seed=3):
+    torch.manual_seed(seed)
+    q, p = F.normalize(torch.randn(b, d), dim=-1), F.normalize(torch.randn(b, d), dim=-1)
+    n = F.normalize(torch.randn(b, k, d), dim=-1)
+    return q, p, n
+
+
+@pytest.mark.parametrize("name", sorted(L.LOSSES))
+def test_every_loss_takes_the_one_signature(name):
+    """Every loss is called the same way (the trainer's one call) and ignores padding slots."""
+    q, p, n = _batch()
+    w = torch.tensor([1.0, 0.9, 0.6])
+    valid = torch.tensor([[True, False], [True, True], [False, False]])
+    mask = torch.zeros(3, 3 + 6, dtype=torch.bool)
+    log_q = torch.zeros(9)
+    fn = L.build_loss(name, temperature=0.05, margin=0.3, contrastive_weight=0.5)
+    out = fn(q, p, n, w, mask=mask, log_q=log_q, negative_valid=valid)
+    assert out.dim() == 0 and torch.isfinite(out)
+    # whatever a padding slot holds does not change the loss
+    n2 = n.clone()
+    n2[0, 1] = -q[0]
+    n2[2] = -q[2]
+    assert fn(q, p, n2, w, mask=mask, log_q=log_q, negative_valid=valid).item() == pytest.approx(out.item(), rel=1e-5)
+
+
+def test_contrastive_forward_is_the_pair_view_and_triplet_needs_negatives():
+    q, p, n = _batch()
+    valid = torch.tensor([[True, False], [True, True], [False, True]])
+    fn = L.WeightedContrastiveLoss(0.5)
+    cq, cp, cy, cw = L.contrastive_pairs(q, p, n, None, valid)
+    assert cq.shape == (3 + 4, 8) and cy.tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert fn(q, p, n, negative_valid=valid).item() == pytest.approx(fn.pair_loss(cq, cp, cy, cw).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="negatives"):
+        L.TripletLoss()(q, p)
+    with pytest.raises(ValueError, match="unknown loss"):
+        L.build_loss("nope")
+
+
+def test_build_loss_passes_the_settings():
+    assert L.build_loss("infonce", temperature=0.1).scale == pytest.approx(10.0)
+    c = L.build_loss("combined", temperature=0.02, margin=0.4, contrastive_weight=0.7)
+    assert c.in_batch.scale == pytest.approx(50.0) and c.contrastive.margin == 0.4 and c.contrastive_weight == 0.7
+    assert L.build_loss("triplet", margin=0.3).margin == 0.3
+    assert L.build_loss("contrastive", margin=0.6).margin == 0.6

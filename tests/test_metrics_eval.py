@@ -1,3 +1,4 @@
+import math
 import json
 
 import numpy as np
@@ -78,9 +79,17 @@ def test_evaluate_end_to_end(data_dir, tiny_encoder_dir, tmp_path):
     TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).save(ck)
     argv = ["--data-dir", str(data_dir), "--checkpoint", str(ck), "--base-model", str(tiny_encoder_dir),
             "--bootstrap", "100", "--latency-queries", "5"]
-    with pytest.raises(UserError, match="--build-missing"):
+    with pytest.raises(UserError, match="reindex_with_trained_model.py --baseline"):
         ev.main(ev.parse_args(argv))
-    r = ev.main(ev.parse_args(argv + ["--build-missing"]))
+    import reindex_with_trained_model as rx  # the workflow chains phases; the test does the same
+    common = ["--data-dir", str(data_dir), "--no-hnsw", "--report-queries", "0"]
+    rx.main(rx.parse_args(["--baseline", "--base-model", str(tiny_encoder_dir), *common]))
+    with pytest.raises(UserError, match=f"--checkpoint {ck}"):
+        ev.main(ev.parse_args(argv))
+    rx.main(rx.parse_args(["--checkpoint", str(ck), *common]))
+    # one model, one encode: the checkpoint of the same weights reuses the baseline's cached embeddings
+    assert len(list((data_dir / "embeddings_cache").iterdir())) == 1
+    r = ev.main(ev.parse_args(argv))
     out = data_dir / "eval"
     for f in ("report.json", "report.md", "recall_at_k.png", "ndcg10_per_query_delta.png", "baseline.run",
               "trained.run", "qrels.txt"):
@@ -94,7 +103,8 @@ def test_evaluate_end_to_end(data_dir, tiny_encoder_dir, tmp_path):
     line = (out / "trained.run").read_text().splitlines()[0].split()
     assert len(line) == 6 and line[1] == "Q0" and line[3] == "1"
     assert set(l.split()[3] for l in (out / "qrels.txt").read_text().splitlines()) <= {"0", "1", "2", "3"}
-    assert "recall@10" in (out / "report.md").read_text()
+    assert "recall@10" in (out / "report.md").read_text() and "kdd_task1_ndcg" in (out / "report.md").read_text()
+    assert 0 < rep["trained"]["kdd_task1_ndcg"] <= 1 and rep["delta"]["kdd_task1_ndcg"] == pytest.approx(0)
 
 
 def test_evaluate_bad_inputs(data_dir, tiny_encoder_dir, tmp_path):
@@ -105,3 +115,17 @@ def test_evaluate_bad_inputs(data_dir, tiny_encoder_dir, tmp_path):
     (data_dir / "ground_truth.parquet").unlink()
     with pytest.raises(UserError, match="ground_truth"):
         ev.main(ev.parse_args(["--data-dir", str(data_dir)]))
+
+
+def test_kdd_task1_ndcg_hand_computed():
+    """KDD Cup 2022 Task 1: re-rank only the judged products; gains E 1, S 0.1, C 0.01, I 0."""
+    labels = {"e": "E", "s": "S", "c": "C", "i": "I"}
+    # ranked i, s, e, c: DCG = 0/1 + 0.1/log2(3) + 1/log2(4) + 0.01/log2(5)
+    dcg = 0.1 / math.log2(3) + 1 / 2 + 0.01 / math.log2(5)
+    idcg = 1 + 0.1 / math.log2(3) + 0.01 / 2
+    got = M.kdd_task1_ndcg({"i": 0.9, "s": 0.8, "e": 0.7, "c": 0.1}, labels)
+    assert got == pytest.approx(dcg / idcg, rel=1e-12)
+    assert M.kdd_task1_ndcg({"e": 0.9, "s": 0.8, "c": 0.5, "i": 0.1}, labels) == pytest.approx(1.0)
+    # products without a score (not in the catalog) are left out; all-I queries score 0
+    assert M.kdd_task1_ndcg({"e": 0.1, "i": 0.5}, labels) == pytest.approx(1 / math.log2(3))
+    assert M.kdd_task1_ndcg({"x": 1.0}, {"x": "I"}) == 0.0

@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import embeddings as E
 import hard_negative_mining as hnm
 import reindex_with_trained_model as rx
 from conftest import ROOT
 from two_tower_model import TwoTowerModel
-from utils import UserError
+from utils import UserError, load_catalog
 
 
 def _mine(data_dir, enc, out, *extra):
@@ -57,7 +58,8 @@ def test_mining_is_deterministic_and_never_overwrites(data_dir, tiny_encoder_dir
 
 def test_encode_cache_hit_miss_and_resume(data_dir, tiny_encoder_dir, tmp_path, monkeypatch):
     model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
-    products = rx.load_catalog(data_dir)
+    model.encode_dtype = torch.float32  # exact comparison: bf16 results depend on how batches are padded
+    products = load_catalog(data_dir)
     cache = tmp_path / "cache"
     emb, meta = E.encode_catalog(model, products, cache, show_progress=False)
     ref = np.array(emb)
@@ -99,10 +101,14 @@ def test_reindex_writes_indices_and_refuses_mismatch(data_dir, tiny_encoder_dir,
         assert (d / f).is_file(), f
     assert {p.name for p in d.iterdir()} == {  # no pickle or other stray files
         "faiss_index_flat.bin", "faiss_index_hnsw.bin", "faiss_index_custom.bin", "product_ids.parquet",
-        "metadata.json", "embeddings.npy", "embeddings.json"}
+        "metadata.json"}
+    # the embeddings live in the model's one cache, keyed by its fingerprint
+    fp = TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).fingerprint()
+    assert meta["model_fingerprint"] == fp == meta["model"]["fingerprint"]
+    assert {p.name for p in (data_dir / "embeddings_cache" / fp).iterdir()} == {"embeddings.npy", "embeddings.json"}
     assert meta["hnsw_vs_flat"]["recall@10"] > 0.9 and meta["ef_search"] == 128
     model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
-    products = rx.load_catalog(data_dir)
+    products = load_catalog(data_dir)
     index, ids, m = E.load_index(d, "hnsw", model=model, products=products)
     assert index.ntotal == len(ids) == len(products)
     other = TwoTowerModel.from_pretrained(str(tiny_encoder_dir), projection_dim=8)
@@ -122,10 +128,39 @@ def test_torchrun_two_processes_encode_slices(data_dir, tiny_encoder_dir):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    d = data_dir / "indices_baseline"
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    d = data_dir / "embeddings_cache" / model.fingerprint()
     meta = json.loads((d / "embeddings.json").read_text())
     assert meta["processes"] == 2 and not list(d.glob("embeddings.part*"))
-    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
-    products = rx.load_catalog(data_dir)
+    products = load_catalog(data_dir)
     single = model.encode_products(products["product_text"].tolist())
     assert np.allclose(np.load(d / "embeddings.npy"), single, atol=1e-5)
+
+
+def test_mining_and_reindex_share_one_encode(data_dir, tiny_encoder_dir, monkeypatch):
+    """Mining with a checkpoint and then indexing it encodes the catalog once."""
+    ck = data_dir / "m.pt"
+    TwoTowerModel.from_pretrained(str(tiny_encoder_dir), projection_dim=8).save(ck)
+    encoded = []
+    orig = TwoTowerModel.encode_products
+    monkeypatch.setattr(TwoTowerModel, "encode_products",
+                        lambda self, t, **k: encoded.append(len(t)) or orig(self, t, **k))
+    hnm.main(hnm.parse_args(["--checkpoint", str(ck), "--data-dir", str(data_dir), "--output",
+                             str(data_dir / "hn.parquet")]))
+    n = len(load_catalog(data_dir))
+    assert sum(encoded) == n
+    rx.main(rx.parse_args(["--checkpoint", str(ck), "--data-dir", str(data_dir), "--no-hnsw",
+                           "--report-queries", "0"]))
+    assert sum(encoded) == n  # cache hit: no second encode
+
+
+def test_damaged_cache_is_encoded_again(data_dir, tiny_encoder_dir):
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    products = load_catalog(data_dir)
+    emb, _ = E.catalog_embeddings(model, products, data_dir, show_progress=False)
+    path = data_dir / "embeddings_cache" / model.fingerprint() / "embeddings.npy"
+    bad = np.array(emb)
+    bad[3, 0] = np.nan
+    np.save(path, bad)
+    again, _ = E.catalog_embeddings(model, products, data_dir, show_progress=False)
+    assert np.isfinite(np.asarray(again)).all()

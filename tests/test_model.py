@@ -109,3 +109,26 @@ def test_checkpoint_progress_and_from_payload(tiny_model, tmp_path):
     assert m.progress == {"stage": 2, "epoch": 3} and tiny_model.progress == {}
     m2 = TwoTowerModel.from_payload(torch.load(tmp_path / "m.pt", weights_only=True), str(tmp_path / "m.pt"))
     assert np.allclose(m2.encode_queries(Q), m.encode_queries(Q), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["../escaped.txt", "ABSOLUTE", "vocab.txt/../../escaped.txt", "tokenizer.model"])
+def test_crafted_tokenizer_file_names_are_refused(tiny_encoder_dir, tmp_path, name):
+    """A stranger's checkpoint may name files anywhere; loading it must write nothing outside a
+    private temporary directory and fail with one line."""
+    import torch
+
+    from utils import UserError
+    target = tmp_path / "victim" / "escaped.txt"
+    target.parent.mkdir()
+    name = str(target) if name == "ABSOLUTE" else name
+    good = tmp_path / "good.pt"
+    TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).save(good)
+    payload = torch.load(good, weights_only=True)
+    payload["tokenizer_files"][name] = "pwned"
+    evil = tmp_path / "victim" / "sub" / "evil.pt"
+    evil.parent.mkdir()
+    torch.save(payload, evil)
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(UserError, match="refusing tokenizer file"):
+        TwoTowerModel.from_pretrained(evil)
+    assert {p for p in tmp_path.rglob("*")} == before and not target.exists()
