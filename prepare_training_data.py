@@ -15,7 +15,11 @@ Writes (into --data-dir, each atomically):
 
 Positives: E (weight 1.0) and S (0.9) from stage 1, C (0.6) from stage 3. I-judged products are
 kept as labelled negatives; random negatives (--neg-ratio per positive) are never a product judged
-E/S/C for that query. Validation = --val-fraction of the train *queries*; test = ESCI test split.
+E/S/C for that query. Validation = --val-fraction of the train *queries*; test = ESCI test split,
+or with --resplit-queries F a new split by a stable hash of each query id: a fraction F of the
+queries (of each original split, in expectation) become test queries and the rest train/val,
+never one query on both sides. Use it for a small extract whose own split leaves nothing to train on
+(e.g. ../shared/real_esci: --resplit-queries 0.5); real ESCI files keep their own split by default.
 
 Example (CPU, seconds):
     python prepare_training_data.py --make-sample tiny --raw-dir /tmp/raw --data-dir /tmp/data
@@ -23,6 +27,7 @@ Example (CPU, seconds):
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +130,24 @@ def _check_fraction(n_bad: int, n: int, limit: float, what: str, hint: str) -> N
 # ---------------------------------------------------------------------------------------------
 # Splits and pairs
 # ---------------------------------------------------------------------------------------------
+def query_hash_unit(query_ids) -> np.ndarray:
+    """A stable number in [0, 1) per query id (blake2b of its text form): the same on every machine,
+    Python version and run, and independent of which other queries are present."""
+    out = np.empty(len(query_ids), dtype=np.float64)
+    for i, q in enumerate(query_ids):
+        h = hashlib.blake2b(str(q).encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "big") / 2.0**64
+    return out
+
+
+def resplit_by_hash(examples: pd.DataFrame, test_fraction: float) -> pd.Series:
+    """train / test per example from a hash of its query id: query q is test when hash(q) < fraction."""
+    qids = examples["query_id"].unique()
+    u = pd.Series(query_hash_unit(qids), index=qids)
+    is_test = u.reindex(examples["query_id"].to_numpy()).to_numpy() < test_fraction
+    return pd.Series(np.where(is_test, "test", "train"), index=examples.index, dtype=object)
+
+
 def split_queries(examples: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
     """train / val / test per example: val is a seeded sample of train *queries*."""
     train_q = np.sort(examples.loc[examples["split"] == "train", "query_id"].unique())
@@ -230,6 +253,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ESCI dataset version: small = the reduced task-1 set, large = all (default)")
     p.add_argument("--neg-ratio", type=int, default=2, help="random negatives per positive (default: 2)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train queries for validation")
+    p.add_argument("--resplit-queries", type=float, default=None, metavar="F",
+                   help="ignore the files' split: a stable hash of each query id sends a fraction F of the "
+                        "queries to test and the rest to train/val (for small extracts; default: ESCI's split)")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="fail when more than this fraction of rows is unusable (default: 0.05)")
     add_common_args(p)
@@ -238,6 +264,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--neg-ratio must be >= 0")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
+    if args.resplit_queries is not None and not 0 < args.resplit_queries < 1:
+        p.error("--resplit-queries must be in (0, 1)")
     return args
 
 
@@ -262,6 +290,11 @@ def main(args: argparse.Namespace) -> dict:
         examples = examples[known].reset_index(drop=True)
         if examples.empty:
             raise UserError(f"{ex_path}: no example refers to a product in {pr_path}")
+        if args.resplit_queries is not None:
+            stats["original_split_queries"] = {k: int(v) for k, v in
+                                               examples.groupby("split")["query_id"].nunique().items()}
+            examples["split"] = resplit_by_hash(examples, args.resplit_queries).to_numpy()
+            log.info("re-split queries by hash: %.0f%% to test", 100 * args.resplit_queries)
         examples["split"] = split_queries(examples, args.val_fraction, args.seed).to_numpy()
         pairs = build_pairs(examples, products, args.neg_ratio, args.seed)
         log.info("built %s pairs from %s examples, %s products", f"{len(pairs):,}", f"{len(examples):,}",
@@ -273,7 +306,7 @@ def main(args: argparse.Namespace) -> dict:
         write_parquet(out / "ground_truth.parquet",
                       examples[["query_id", "query", "product_id", "esci_label", "split"]])
     stats.update({
-        "locale": args.locale, "version": args.version, "catalog_products": len(products),
+        "locale": args.locale, "version": args.version, "resplit_queries": args.resplit_queries, "catalog_products": len(products),
         "examples_used": len(examples), "queries": {k: int(v) for k, v in
                                                    examples.groupby("split")["query_id"].nunique().items()},
         "labels": {k: int(v) for k, v in examples["esci_label"].value_counts().sort_index().items()},

@@ -183,3 +183,24 @@ def test_real_esci_extract(tmp_path):
     assert stats["examples_used"] > 1000 and stats["queries"]["test"] > 400
     gt = pd.read_parquet(tmp_path / "ground_truth.parquet")
     assert set(gt["esci_label"]) == set("ESCI")
+
+
+def test_resplit_queries_by_stable_hash(tiny_raw, tmp_path):
+    """--resplit-queries F: test = the queries whose id hashes below F, whatever the files' split;
+    no query on both sides; the same split on every run."""
+    out = tmp_path / "d"
+    stats = prep.main(prep.parse_args(["--raw-dir", str(tiny_raw), "--data-dir", str(out),
+                                       "--resplit-queries", "0.7"]))
+    gt = pd.read_parquet(out / "ground_truth.parquet")
+    qids = gt["query_id"].unique()
+    expect_test = set(qids[prep.query_hash_unit(qids) < 0.7])
+    by_split = gt.groupby("split")["query_id"].apply(set)
+    assert by_split["test"] == expect_test
+    assert not (by_split["test"] & (by_split["train"] | by_split["val"]))
+    assert 0.5 < len(expect_test) / len(qids) < 0.9  # ~70%, unlike the sample's own ~30% test split
+    assert stats["resplit_queries"] == 0.7 and "original_split_queries" in stats
+    # stable: the hash of an id does not depend on the other ids or the run
+    assert prep.query_hash_unit([qids[0]])[0] == prep.query_hash_unit(list(qids))[0]
+    assert prep.query_hash_unit([12345])[0] == pytest.approx(prep.query_hash_unit(["12345"])[0])
+    with pytest.raises(SystemExit):
+        prep.parse_args(["--resplit-queries", "1.5"])
