@@ -62,20 +62,28 @@ class StageData:
     """The pairs one stage trains on, indexed by query index and catalog row."""
 
     def __init__(self, data_dir: Path, split: str, stage: int, hard_negative_files: list[Path],
-                 catalog_index: pd.Series):
+                 catalog_index: pd.Series, label_weights: dict[str, float] | None = None):
+        """label_weights overrides prepare's positive weights per ESCI label; weight 0 drops that
+        label's positives (they stay judged positives: masked, never negatives)."""
         name = {"train": "training_pairs", "val": "val_pairs"}[split]
         path = require_file(data_dir / f"{name}.parquet", f"{split} pairs",
                             "run prepare_training_data.py first")
-        cols = ["query_id", "query", "product_id", "label", "weight", "neg_type", "stage"]
+        cols = ["query_id", "query", "product_id", "label", "weight", "neg_type", "stage", "esci_label"]
         pairs = pd.read_parquet(path, columns=cols)
         if pairs.empty:
             raise UserError(f"{path} has no rows; re-run prepare_training_data.py")
         for f in hard_negative_files:
             hn = pd.read_parquet(f, columns=["query_id", "query", "product_id"])
             log.info("adding %s hard negatives from %s", f"{len(hn):,}", f)
-            pairs = pd.concat([pairs, hn.assign(label=0.0, weight=1.0, neg_type="hard", stage=1)],
+            pairs = pd.concat([pairs, hn.assign(label=0.0, weight=1.0, neg_type="hard", stage=1, esci_label=None)],
                               ignore_index=True)
         pairs = pairs[pairs["stage"] <= stage]
+        if label_weights:
+            is_pos = pairs["label"] > 0
+            w = pairs["esci_label"].map(label_weights)
+            override = is_pos & w.notna()
+            pairs = pairs.assign(weight=np.where(override, w, pairs["weight"]).astype(np.float32))
+            pairs = pairs[~(is_pos & (pairs["weight"] <= 0))]
         prow = catalog_index.reindex(pairs["product_id"].to_numpy()).to_numpy()
         missing = np.isnan(prow)
         if missing.any():
@@ -106,32 +114,60 @@ class StageData:
 
 
 def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,
-               epoch: int, bucket_batches: int = 16, epoch_pairs: int | None = None) -> list[Batch]:
+               epoch: int, bucket_batches: int = 16, epoch_pairs: int | None = None,
+               distinct_queries: bool = False) -> list[Batch]:
     """The batches of one epoch, reproducible from (seed, epoch); with epoch_pairs, a fresh
-    random subset of that many positives per epoch (budgeted runs keep their epoch structure)."""
+    random subset of that many positives per epoch (budgeted runs keep their epoch structure).
+
+    bucket_batches: rows are sorted by product length within windows of that many batches (less
+    padding, faster); 0 keeps the shuffled order (random in-batch negatives). distinct_queries:
+    a query appears at most once per batch where avoidable (like sentence-transformers'
+    NO_DUPLICATES sampler): the shuffled rows are taken in rounds, every query's first positive,
+    then every query's second, ..., so that batches stay full; it implies no length bucketing.
+    Products are always distinct within a batch where avoidable."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(data.pos_q))
     if epoch_pairs:
         order = order[:epoch_pairs]
-    window = batch_size * bucket_batches
+    if distinct_queries:
+        q = data.pos_q[order]
+        rank = pd.Series(q).groupby(q).cumcount().to_numpy()  # k-th positive of its query in this order
+        order = order[np.argsort(rank, kind="stable")]
+        bucket_batches = 0
+    window = batch_size * bucket_batches if bucket_batches else len(order) or 1
     batches: list[Batch] = []
     carry: list[int] = []
     for w0 in range(0, len(order), window):
         win = np.concatenate([np.asarray(carry, dtype=np.int64), order[w0:w0 + window]])
         carry = []
-        # length bucketing: similar product lengths share a batch (less padding)
-        win = win[np.argsort(product_lengths[data.pos_p[win]], kind="stable")]
+        if bucket_batches:  # length bucketing: similar product lengths share a batch (less padding)
+            win = win[np.argsort(product_lengths[data.pos_p[win]], kind="stable")]
         pending = list(win)
         win_batches = []
         while pending:
-            seen, cur, rest = set(), [], []
-            for i in pending:
-                p = data.pos_p[i]
-                if len(cur) < batch_size and p not in seen:
+            seen, seen_q, cur, rest = set(), set(), [], []
+            for j, i in enumerate(pending):
+                p, q = data.pos_p[i], data.pos_q[i]
+                if p not in seen and not (distinct_queries and q in seen_q):
                     cur.append(i)
                     seen.add(p)
+                    seen_q.add(q)
+                    if len(cur) == batch_size:
+                        rest.extend(pending[j + 1:])  # full: the rest waits, in order
+                        break
                 else:
                     rest.append(i)
+            if distinct_queries and len(cur) < batch_size and rest:
+                # the remaining rows repeat queries already in the batch: fill up with them rather
+                # than train on a short batch (distinct products still)
+                keep = []
+                for i in rest:
+                    if len(cur) < batch_size and data.pos_p[i] not in seen:
+                        cur.append(i)
+                        seen.add(data.pos_p[i])
+                    else:
+                        keep.append(i)
+                rest = keep
             if len(cur) < batch_size and w0 + window < len(order):
                 carry = cur + rest  # too few distinct products left: move on to the next window
                 break

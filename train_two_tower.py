@@ -3,7 +3,7 @@
 Reads (--data-dir): training_pairs.parquet, val_pairs.parquet, products_clean.parquet,
 ground_truth.parquet, and for stage 2 / 3 the mined hard_negatives_stage2 / _stage3.parquet.
 Writes (--checkpoint-dir): epoch_N.pt (model), stage{N}.pt (model at the end of stage N),
-best_model.pt (best validation Recall@10), last.pt (full resumable state; step_N.pt hard links
+best_model.pt (best validation score, --select), last.pt (full resumable state; step_N.pt hard links
 with --save-steps) with its small progress.json mirror, train_log.jsonl (one line per step),
 train_metrics.json, train_config.json.
 
@@ -46,6 +46,35 @@ from utils import (UserError, add_common_args, args_to_config, barrier, best_che
                    log, run_cli, set_seed, stage_checkpoint, write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
+# validation scores that pick best_model.pt: (primary score, higher is better); ties -> lower val loss
+SELECT = {"recall+ndcg": lambda v: v["recall@10"] + v["ndcg@10"], "recall@10": lambda v: v["recall@10"],
+          "ndcg@10": lambda v: v["ndcg@10"], "val_loss": lambda v: -v["val_loss"]}
+
+
+def parse_label_weights(text: str) -> dict[str, float]:
+    """'E=1,S=0.5,C=0' -> {'E': 1.0, 'S': 0.5, 'C': 0.0} (labels E, S, C; weights >= 0)."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        lab, _, val = part.partition("=")
+        try:
+            w = float(val)
+        except ValueError:
+            w = -1.0
+        if lab.strip().upper() not in ("E", "S", "C") or w < 0 or not val:
+            raise argparse.ArgumentTypeError(f"bad label weight {part!r}: use LABEL=WEIGHT with LABEL in E, S, C "
+                                             f"and WEIGHT >= 0, e.g. E=1,S=0.9,C=0")
+        out[lab.strip().upper()] = w
+    return out
+
+
+def better(vm: dict, best: dict | None, select: str) -> bool:
+    """Is validation result `vm` better than the best so far (`best` holds its score and loss)?"""
+    if not best or best.get("score") is None:
+        return True
+    score, eps = SELECT[select](vm), 1e-9
+    if score > best["score"] + eps:
+        return True
+    return abs(score - best["score"]) <= eps and vm["val_loss"] < best.get("val_loss", float("inf")) - eps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,7 +96,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=0.5, help="contrastive/triplet cosine-distance margin")
     p.add_argument("--contrastive-weight", type=float, default=0.5, help="mixing weight in the combined loss")
     p.add_argument("--negatives", type=int, default=1, help="explicit negatives per positive")
+    p.add_argument("--hard-negatives", choices=["mined", "none"], default="mined",
+                   help="stages 2-3: add the mined hard negatives (default) or train on in-batch and judged-I "
+                        "negatives only")
+    p.add_argument("--bucket-batches", type=int, default=16,
+                   help="sort rows by product length within windows of N batches (faster, less padding); "
+                        "0 = random batches")
+    p.add_argument("--distinct-queries", action="store_true",
+                   help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES)")
     p.add_argument("--logq", action="store_true", help="logQ-correct in-batch logits by product frequency")
+    p.add_argument("--label-weights", type=parse_label_weights, default=None, metavar="E=1,S=0.9,C=0.6",
+                   help="positive weight per ESCI label, overriding prepare's (E 1.0, S 0.9, C 0.6 from stage 3); "
+                        "0 stops training on that label as a positive (its products stay masked, never negatives)")
     p.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of each stage's steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -75,6 +115,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from last.pt (or the given checkpoint)")
     p.add_argument("--patience", type=int, default=0, help="stop a stage after N epochs without improvement")
+    p.add_argument("--select", choices=sorted(SELECT), default="recall+ndcg",
+                   help="validation score that picks best_model.pt: recall+ndcg = Recall@10 + NDCG@10 (default; "
+                        "ties go to the lower val loss, so a handful of val queries cannot freeze the choice), "
+                        "recall@10, ndcg@10, or val_loss (lower is better)")
     p.add_argument("--val-corpus-size", type=int, default=5000, help="random catalog products added to "
                    "the validation queries' judged products for validation retrieval")
     p.add_argument("--val-batches", type=int, default=20, help="batches for the validation loss")
@@ -135,7 +179,7 @@ class Trainer:
         self.log_file = None
         self.tb = None
         # the one record of where training is: saved in last.pt and mirrored in progress.json
-        self.best = {"recall@10": -1.0, "epoch": None}
+        self.best = {"recall@10": -1.0, "score": None, "epoch": None}
         self.history: list[dict] = []
         self.results: list[dict] = []
         self._p_tok: dict[int, TokenStore] = {}
@@ -167,14 +211,15 @@ class Trainer:
 
     def data_for(self, stage: int, split: str) -> StageData:
         files = []
-        if stage >= 2 and split == "train":
+        if stage >= 2 and split == "train" and self.args.hard_negatives == "mined":
             f = hard_negatives_path(self.args.data_dir, stage)
             if not f.is_file():
                 raise UserError(f"stage {stage} needs the hard negatives {f}, mined with the stage-{stage - 1} model; "
                                 f"run hard_negative_mining.py --checkpoint {stage_checkpoint(self.ckdir, stage - 1)} "
                                 f"--output {f} first")
             files = [f]
-        return StageData(self.args.data_dir, split, stage if split == "train" else 3, files, self.catalog_index)
+        return StageData(self.args.data_dir, split, stage if split == "train" else 3, files, self.catalog_index,
+                         self.args.label_weights if split == "train" else None)
 
     def _judged_by_qidx(self, data: StageData) -> dict[int, set]:
         """qidx -> catalog rows judged E/S/C for that query (never negatives, whatever the stage)."""
@@ -211,8 +256,7 @@ class Trainer:
         no_improve, epoch = 0, pos["epoch"] - 1
         t0, done = time.perf_counter(), [0]
         for epoch in range(pos["epoch"], last_epoch + 1):
-            batches = st["plan1"] if epoch == 1 else plan_epoch(st["data"], st["p_tok"].lengths, a.batch_size,
-                                                                a.negatives, a.seed, epoch, epoch_pairs=a.epoch_pairs)
+            batches = st["plan1"] if epoch == 1 else self._plan(st["data"], st["p_tok"], epoch)
             start = pos["batch"] if resumed and epoch == pos["epoch"] else 0
             self._train_epoch(model, st, batches, start, pos, epoch, t0, done)
             improved = self._end_epoch(model, st, pos, epoch, complete=pos["batch"] >= len(batches))
@@ -221,7 +265,11 @@ class Trainer:
                 break
         seconds = time.perf_counter() - t0
         result = {"stage": stage, "epochs": epoch - start_epoch, "steps": pos["step"], "seconds": round(seconds, 1),
-                  "pairs_per_s": round(done[0] / max(seconds, 1e-9), 2)}
+                  "pairs_per_s": round(done[0] / max(seconds, 1e-9), 2),
+                  "improved_best": self.best.get("stage") == stage}
+        if stage > 1 and not result["improved_best"]:
+            log.info("stage %d did not improve validation (%s); best_model.pt stays the stage-%s epoch-%s model",
+                     stage, self.args.select, self.best.get("stage"), self.best.get("epoch"))
         self.results.append(result)
         if is_main_process():
             model.save(stage_checkpoint(self.ckdir, stage), extra={"progress": {"stage": stage, "epoch": epoch}})
@@ -242,7 +290,7 @@ class Trainer:
         p_tok = self._p_tok[key]
         epochs = a.epochs or STAGES[stage]["epochs"]
         # epoch 1's plan sets the schedule length; it is reused when stage 1 trains epoch 1
-        plan1 = plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, 1, epoch_pairs=a.epoch_pairs)
+        plan1 = self._plan(data, p_tok, 1)
         steps_per_epoch = math.ceil(len(plan1) / a.grad_accum)
         total = steps_per_epoch * epochs if a.max_steps is None else min(a.max_steps, steps_per_epoch * epochs)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -254,6 +302,11 @@ class Trainer:
                 "judged": self._judged_by_qidx(data), "val_judged": self._judged_by_qidx(val),
                 "logq": self._logq(data) if a.logq else None, "epochs": epochs, "plan1": plan1, "total": total,
                 "opt": opt, "sched": sched}
+
+    def _plan(self, data: StageData, p_tok: TokenStore, epoch: int) -> list[Batch]:
+        a = self.args
+        return plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, epoch, a.bucket_batches,
+                          a.epoch_pairs, a.distinct_queries)
 
     def _train_epoch(self, model, st: dict, batches: list[Batch], start: int, pos: dict, epoch: int, t0: float,
                      done: list) -> None:
@@ -291,14 +344,16 @@ class Trainer:
         self.history.append(vm)
         log.info("stage %d epoch %d: val loss %.4f  recall@10 %.4f  mrr %.4f", stage, epoch, vm["val_loss"],
                  vm["recall@10"], vm["mrr"])
-        improved = vm["recall@10"] > self.best["recall@10"]  # same decision on every rank
+        improved = better(vm, self.best, self.args.select)  # same decision on every rank
         meta = {"progress": {**pos, "epoch": epoch}, "val": vm}
         if is_main_process():
             model.save(self.ckdir / f"epoch_{epoch}.pt", extra=meta)
             if improved:
                 model.save(best_checkpoint(self.ckdir), extra=meta)
         if improved:
-            self.best = {"recall@10": vm["recall@10"], "epoch": epoch, "stage": stage}
+            self.best = {"recall@10": vm["recall@10"], "ndcg@10": vm["ndcg@10"], "val_loss": vm["val_loss"],
+                         "score": SELECT[self.args.select](vm), "select": self.args.select, "epoch": epoch,
+                         "stage": stage}
         pos.update(epoch=epoch + 1, batch=0)
         self._save_state(model, st, pos)
         return improved
@@ -472,8 +527,8 @@ def main(args: argparse.Namespace) -> dict:
                "precision": trainer.precision}
     if is_main_process():
         write_json(args.checkpoint_dir / "train_metrics.json", metrics)
-        log.info("training done: best val recall@10 %.4f (stage %s epoch %s)", trainer.best["recall@10"],
-                 trainer.best.get("stage"), trainer.best["epoch"])
+        log.info("training done: best val %s %.4f (recall@10 %.4f; stage %s epoch %s)", args.select,
+                 trainer.best["score"], trainer.best["recall@10"], trainer.best.get("stage"), trainer.best["epoch"])
     if world > 1:
         dist.destroy_process_group()
     return metrics

@@ -222,3 +222,64 @@ def test_torchrun_two_gloo_processes(data_dir, tmp_path, tiny_encoder_dir):
     assert m["world_size"] == 2 and m["stages"][0]["steps"] == 3
     steps = [json.loads(x) for x in (ck / "train_log.jsonl").read_text().splitlines()]
     assert len(steps) == 3  # only rank 0 writes
+
+
+def test_model_selection_rule():
+    """best_model.pt: higher Recall@10 + NDCG@10 wins; a tie goes to the lower val loss (not the earlier)."""
+    best = {"score": 1.2, "val_loss": 0.5}
+    assert tt.better({"recall@10": 0.7, "ndcg@10": 0.6, "val_loss": 0.9}, best, "recall+ndcg")
+    assert not tt.better({"recall@10": 0.5, "ndcg@10": 0.6, "val_loss": 0.1}, best, "recall+ndcg")
+    assert tt.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.4}, best, "recall+ndcg")  # tie, lower loss
+    assert not tt.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.5}, best, "recall+ndcg")
+    assert tt.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 0.4}, {"score": -0.5, "val_loss": 0.5}, "val_loss")
+    assert tt.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 9.0}, {"recall@10": -1.0, "score": None}, "ndcg@10")
+
+
+def test_label_weights_change_what_is_trained(data_dir, tmp_path):
+    """--label-weights: S=0 removes S positives; C counts from stage 3 with the given weight."""
+    from train_data import StageData
+    from utils import load_catalog
+    cat = load_catalog(data_dir)
+    idx = pd.Series(np.arange(len(cat)), index=cat["product_id"].to_numpy())
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
+    n = pairs[pairs["label"] > 0]["esci_label"].value_counts()
+    base = StageData(data_dir, "train", 3, [], idx)
+    no_s = StageData(data_dir, "train", 3, [], idx, {"S": 0.0, "C": 0.25})
+    assert len(base.pos_w) == n.sum() and len(no_s.pos_w) == n.sum() - n.get("S", 0)
+    assert set(np.round(no_s.pos_w, 4)) <= {1.0, 0.25} and (no_s.pos_w == 0.25).sum() == n.get("C", 0)
+    assert tt.parse_label_weights("e=1, S=0.5,C=0") == {"E": 1.0, "S": 0.5, "C": 0.0}
+    for bad in ("X=1", "E=-1", "E=", "E"):
+        with pytest.raises(Exception, match="bad label weight"):
+            tt.parse_label_weights(bad)
+
+
+def test_batch_planning_options(data_dir):
+    """bucket_batches=0 gives unsorted batches; distinct_queries avoids repeated queries; every
+    positive is trained exactly once per epoch either way."""
+    from train_data import StageData, plan_epoch
+    from utils import load_catalog
+    cat = load_catalog(data_dir)
+    sd = StageData(data_dir, "train", 1, [], pd.Series(np.arange(len(cat)), index=cat["product_id"].to_numpy()))
+    lens = np.random.default_rng(0).integers(5, 100, len(cat))
+
+    def rows(plan):
+        return sorted((q, p) for b in plan for q, p in zip(b.q_rows.tolist(), b.p_rows.tolist()))
+    everything = sorted(zip(sd.pos_q.tolist(), sd.pos_p.tolist()))
+    plans = {k: plan_epoch(sd, lens, 16, 1, 0, 1, *k) for k in [(16, None, False), (0, None, False), (0, None, True)]}
+    for plan in plans.values():
+        assert rows(plan) == everything
+    spread = {k: np.mean([np.ptp(lens[b.p_rows]) for b in plan]) for k, plan in plans.items()}
+    assert spread[(16, None, False)] < spread[(0, None, False)]  # bucketing sorts by length, 0 does not
+    dups = {k: sum(len(b.q_rows) - len(set(b.q_rows.tolist())) for b in plan) for k, plan in plans.items()}
+    assert dups[(0, None, True)] < dups[(0, None, False)]
+    assert sum(len(b.q_rows) == 16 for b in plans[(0, None, True)]) >= len(plans[(0, None, True)]) - 2  # full
+
+
+def test_stage2_without_mined_negatives(data_dir, tmp_path, tiny_encoder_dir):
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1")))
+    with pytest.raises(UserError, match="hard_negatives_stage2"):
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1")))
+    m = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1",
+                                    "--hard-negatives", "none", "--distinct-queries", "--bucket-batches", "0")))
+    assert m["stages"][-1]["stage"] == 2
