@@ -29,7 +29,7 @@ import re
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+
 
 import torch
 

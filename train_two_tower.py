@@ -40,41 +40,13 @@ import losses as L
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, stage_done
 from metrics import evaluate_run
 from train_data import Batch, StageData, TokenStore, plan_epoch
+from train_parts import SELECT, better, loss_inputs, lr_lambda, parse_label_weights
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from utils import (UserError, add_common_args, args_to_config, barrier, best_checkpoint, bf16_supported,
                    get_device, hard_negatives_path, init_distributed, is_main_process, load_catalog, load_prepared,
                    log, run_cli, set_seed, stage_checkpoint, write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
-# validation scores that pick best_model.pt: (primary score, higher is better); ties -> lower val loss
-SELECT = {"recall+ndcg": lambda v: v["recall@10"] + v["ndcg@10"], "recall@10": lambda v: v["recall@10"],
-          "ndcg@10": lambda v: v["ndcg@10"], "val_loss": lambda v: -v["val_loss"]}
-
-
-def parse_label_weights(text: str) -> dict[str, float]:
-    """'E=1,S=0.5,C=0' -> {'E': 1.0, 'S': 0.5, 'C': 0.0} (labels E, S, C; weights >= 0)."""
-    out = {}
-    for part in filter(None, (x.strip() for x in text.split(","))):
-        lab, _, val = part.partition("=")
-        try:
-            w = float(val)
-        except ValueError:
-            w = -1.0
-        if lab.strip().upper() not in ("E", "S", "C") or w < 0 or not val:
-            raise argparse.ArgumentTypeError(f"bad label weight {part!r}: use LABEL=WEIGHT with LABEL in E, S, C "
-                                             f"and WEIGHT >= 0, e.g. E=1,S=0.9,C=0")
-        out[lab.strip().upper()] = w
-    return out
-
-
-def better(vm: dict, best: dict | None, select: str) -> bool:
-    """Is validation result `vm` better than the best so far (`best` holds its score and loss)?"""
-    if not best or best.get("score") is None:
-        return True
-    score, eps = SELECT[select](vm), 1e-9
-    if score > best["score"] + eps:
-        return True
-    return abs(score - best["score"]) <= eps and vm["val_loss"] < best.get("val_loss", float("inf")) - eps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -133,31 +105,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.loss == "triplet" and args.negatives < 1:
         p.error("--loss triplet needs explicit negatives: --negatives 1 or more")
     return args
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure pieces
-# ---------------------------------------------------------------------------------------------
-def lr_lambda(total: int, warmup: float):
-    """Linear warmup over `warmup` of the steps, then linear decay to 0."""
-    w = max(1, int(total * warmup))
-    return lambda s: (s + 1) / w if s < w else max(0.0, (total - s) / max(1, total - w))
-
-
-def loss_inputs(b: Batch, device: torch.device, judged: dict[int, set], logq: np.ndarray | None) -> dict:
-    """Everything a loss receives besides the embeddings, built on `device`: weights (b,),
-    mask (b, b + b*k) of accidental hits, log_q (b + b*k,) or None, negative_valid (b, k)."""
-    neg_flat = b.neg_rows.reshape(-1)
-    valid = neg_flat >= 0
-    cand = np.concatenate([b.p_rows, np.where(valid, neg_flat, -1)])  # in-batch positives, then negatives
-    out = {"weights": torch.as_tensor(b.weights, dtype=torch.float32, device=device),
-           "mask": L.accidental_hit_mask(b.q_rows, b.p_rows, cand, judged).to(device),
-           "log_q": None,
-           "negative_valid": torch.as_tensor(valid.reshape(b.neg_rows.shape), device=device)}
-    if logq is not None:
-        out["log_q"] = torch.as_tensor(np.where(cand >= 0, logq[np.maximum(cand, 0)], 0.0), dtype=torch.float32,
-                                       device=device)
-    return out
 
 
 class Trainer:

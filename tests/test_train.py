@@ -12,6 +12,7 @@ import torch
 
 import checkpoint as C
 import losses as L
+import train_parts as TP
 import train_two_tower as tt
 from conftest import ROOT
 from utils import UserError, hard_negatives_path
@@ -155,11 +156,11 @@ def test_every_tensor_a_loss_receives_is_on_the_model_device():
     b = Batch(q_rows=np.array([0, 1, 2]), p_rows=np.array([5, 6, 7]), weights=np.array([1.0, 0.9, 0.6], np.float32),
               neg_rows=np.array([[8, -1], [9, 10], [-1, -1]]))
     dev = torch.device("meta")
-    kw = tt.loss_inputs(b, dev, {0: {6}}, np.zeros(20, np.float32))
+    kw = TP.loss_inputs(b, dev, {0: {6}}, np.zeros(20, np.float32))
     assert set(kw) == {"weights", "mask", "log_q", "negative_valid"}
     for k, v in kw.items():
         assert v.device == dev, k
-    cpu = tt.loss_inputs(b, torch.device("cpu"), {0: {6}}, None)
+    cpu = TP.loss_inputs(b, torch.device("cpu"), {0: {6}}, None)
     assert cpu["log_q"] is None and cpu["negative_valid"].tolist() == [[True, False], [True, True], [False, False]]
     assert cpu["mask"][0, 1] and not cpu["mask"][1, 0]  # product 6 is judged for query 0
     # and every loss runs on those inputs with embeddings on the same device
@@ -227,12 +228,12 @@ def test_torchrun_two_gloo_processes(data_dir, tmp_path, tiny_encoder_dir):
 def test_model_selection_rule():
     """best_model.pt: higher Recall@10 + NDCG@10 wins; a tie goes to the lower val loss (not the earlier)."""
     best = {"score": 1.2, "val_loss": 0.5}
-    assert tt.better({"recall@10": 0.7, "ndcg@10": 0.6, "val_loss": 0.9}, best, "recall+ndcg")
-    assert not tt.better({"recall@10": 0.5, "ndcg@10": 0.6, "val_loss": 0.1}, best, "recall+ndcg")
-    assert tt.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.4}, best, "recall+ndcg")  # tie, lower loss
-    assert not tt.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.5}, best, "recall+ndcg")
-    assert tt.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 0.4}, {"score": -0.5, "val_loss": 0.5}, "val_loss")
-    assert tt.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 9.0}, {"recall@10": -1.0, "score": None}, "ndcg@10")
+    assert TP.better({"recall@10": 0.7, "ndcg@10": 0.6, "val_loss": 0.9}, best, "recall+ndcg")
+    assert not TP.better({"recall@10": 0.5, "ndcg@10": 0.6, "val_loss": 0.1}, best, "recall+ndcg")
+    assert TP.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.4}, best, "recall+ndcg")  # tie, lower loss
+    assert not TP.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.5}, best, "recall+ndcg")
+    assert TP.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 0.4}, {"score": -0.5, "val_loss": 0.5}, "val_loss")
+    assert TP.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 9.0}, {"recall@10": -1.0, "score": None}, "ndcg@10")
 
 
 def test_label_weights_change_what_is_trained(data_dir, tmp_path):
@@ -247,10 +248,10 @@ def test_label_weights_change_what_is_trained(data_dir, tmp_path):
     no_s = StageData(data_dir, "train", 3, [], idx, {"S": 0.0, "C": 0.25})
     assert len(base.pos_w) == n.sum() and len(no_s.pos_w) == n.sum() - n.get("S", 0)
     assert set(np.round(no_s.pos_w, 4)) <= {1.0, 0.25} and (no_s.pos_w == 0.25).sum() == n.get("C", 0)
-    assert tt.parse_label_weights("e=1, S=0.5,C=0") == {"E": 1.0, "S": 0.5, "C": 0.0}
+    assert TP.parse_label_weights("e=1, S=0.5,C=0") == {"E": 1.0, "S": 0.5, "C": 0.0}
     for bad in ("X=1", "E=-1", "E=", "E"):
         with pytest.raises(Exception, match="bad label weight"):
-            tt.parse_label_weights(bad)
+            TP.parse_label_weights(bad)
 
 
 def test_batch_planning_options(data_dir):

@@ -1,0 +1,68 @@
+"""The pure pieces of the trainer (train_two_tower.py), each testable on its own.
+
+    lr_lambda            linear warm-up then linear decay (the per-stage schedule)
+    loss_inputs          everything a loss receives besides the embeddings, built on the model's device
+    parse_label_weights  --label-weights E=1,S=0.9,C=0.6
+    SELECT, better       the validation score that picks best_model.pt, and the comparison rule
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import losses as L
+from train_data import Batch
+
+# validation scores that pick best_model.pt: (primary score, higher is better); ties -> lower val loss
+SELECT = {"recall+ndcg": lambda v: v["recall@10"] + v["ndcg@10"], "recall@10": lambda v: v["recall@10"],
+          "ndcg@10": lambda v: v["ndcg@10"], "val_loss": lambda v: -v["val_loss"]}
+
+
+def parse_label_weights(text: str) -> dict[str, float]:
+    """'E=1,S=0.5,C=0' -> {'E': 1.0, 'S': 0.5, 'C': 0.0} (labels E, S, C; weights >= 0)."""
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        lab, _, val = part.partition("=")
+        try:
+            w = float(val)
+        except ValueError:
+            w = -1.0
+        if lab.strip().upper() not in ("E", "S", "C") or w < 0 or not val:
+            raise argparse.ArgumentTypeError(f"bad label weight {part!r}: use LABEL=WEIGHT with LABEL in E, S, C "
+                                             f"and WEIGHT >= 0, e.g. E=1,S=0.9,C=0")
+        out[lab.strip().upper()] = w
+    return out
+
+
+def better(vm: dict, best: dict | None, select: str) -> bool:
+    """Is validation result `vm` better than the best so far (`best` holds its score and loss)?"""
+    if not best or best.get("score") is None:
+        return True
+    score, eps = SELECT[select](vm), 1e-9
+    if score > best["score"] + eps:
+        return True
+    return abs(score - best["score"]) <= eps and vm["val_loss"] < best.get("val_loss", float("inf")) - eps
+
+
+def lr_lambda(total: int, warmup: float):
+    """Linear warmup over `warmup` of the steps, then linear decay to 0."""
+    w = max(1, int(total * warmup))
+    return lambda s: (s + 1) / w if s < w else max(0.0, (total - s) / max(1, total - w))
+
+
+def loss_inputs(b: Batch, device: torch.device, judged: dict[int, set], logq: np.ndarray | None) -> dict:
+    """Everything a loss receives besides the embeddings, built on `device`: weights (b,),
+    mask (b, b + b*k) of accidental hits, log_q (b + b*k,) or None, negative_valid (b, k)."""
+    neg_flat = b.neg_rows.reshape(-1)
+    valid = neg_flat >= 0
+    cand = np.concatenate([b.p_rows, np.where(valid, neg_flat, -1)])  # in-batch positives, then negatives
+    out = {"weights": torch.as_tensor(b.weights, dtype=torch.float32, device=device),
+           "mask": L.accidental_hit_mask(b.q_rows, b.p_rows, cand, judged).to(device),
+           "log_q": None,
+           "negative_valid": torch.as_tensor(valid.reshape(b.neg_rows.shape), device=device)}
+    if logq is not None:
+        out["log_q"] = torch.as_tensor(np.where(cand >= 0, logq[np.maximum(cand, 0)], 0.0), dtype=torch.float32,
+                                       device=device)
+    return out
