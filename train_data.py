@@ -50,12 +50,16 @@ class TokenStore:
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(att)}
 
 
+GRADE = {"E": 0, "S": 1, "C": 2}  # ESCI relevance grades of positives, most relevant first
+
+
 @dataclass
 class Batch:
     q_rows: np.ndarray        # (b,) query index
     p_rows: np.ndarray        # (b,) catalog row of the positive
     weights: np.ndarray       # (b,)
     neg_rows: np.ndarray      # (b, k) catalog rows of explicit negatives, -1 = padding
+    grades: np.ndarray | None = None  # (b,) ESCI grade of each row's positive: 0 E, 1 S, 2 C
 
 
 class StageData:
@@ -101,6 +105,7 @@ class StageData:
         self.pos_q = pos["qidx"].to_numpy()
         self.pos_p = pos["prow"].to_numpy()
         self.pos_w = pos["weight"].to_numpy(np.float32)
+        self.pos_grade = pos["esci_label"].map(GRADE).fillna(0).to_numpy(np.int8)
         neg = pairs[pairs["label"] == 0]
         # informative negatives (mined hard, judged I) are preferred by the sampler; random ones
         # only fill up, since in-batch negatives are random already
@@ -198,4 +203,4 @@ def _with_negatives(data: StageData, rows: np.ndarray, n_neg: int, rng: np.rando
             if k - len(pick) > 0 and len(others):
                 pick.extend(rng.choice(others, size=min(k - len(pick), len(others)), replace=False).tolist())
             negs[r, :len(pick)] = pool[pick]
-    return Batch(q, data.pos_p[rows], data.pos_w[rows], negs)
+    return Batch(q, data.pos_p[rows], data.pos_w[rows], negs, data.pos_grade[rows])

@@ -52,17 +52,38 @@ def lr_lambda(total: int, warmup: float):
     return lambda s: (s + 1) / w if s < w else max(0.0, (total - s) / max(1, total - w))
 
 
-def loss_inputs(b: Batch, device: torch.device, judged: dict[int, set], logq: np.ndarray | None) -> dict:
+def loss_inputs(b: Batch, device: torch.device, judged: dict, logq: np.ndarray | None,
+                graded: bool = False) -> dict:
     """Everything a loss receives besides the embeddings, built on `device`: weights (b,),
-    mask (b, b + b*k) of accidental hits, log_q (b + b*k,) or None, negative_valid (b, k)."""
+    mask (b, b + b*k) of accidental hits, log_q (b + b*k,) or None, negative_valid (b, k).
+    judged: qidx -> catalog rows never to be negatives; with graded, (qidx, grade) -> rows (see
+    `judged_sets`) and each row looks up its own positive's grade."""
     neg_flat = b.neg_rows.reshape(-1)
     valid = neg_flat >= 0
     cand = np.concatenate([b.p_rows, np.where(valid, neg_flat, -1)])  # in-batch positives, then negatives
     out = {"weights": torch.as_tensor(b.weights, dtype=torch.float32, device=device),
-           "mask": L.accidental_hit_mask(b.q_rows, b.p_rows, cand, judged).to(device),
+           "mask": L.accidental_hit_mask(list(zip(b.q_rows.tolist(), b.grades.tolist())) if graded else b.q_rows,
+                                         b.p_rows, cand, judged).to(device),
            "log_q": None,
            "negative_valid": torch.as_tensor(valid.reshape(b.neg_rows.shape), device=device)}
     if logq is not None:
         out["log_q"] = torch.as_tensor(np.where(cand >= 0, logq[np.maximum(cand, 0)], 0.0), dtype=torch.float32,
                                        device=device)
+    return out
+
+
+def judged_sets(qidx: np.ndarray, rows: np.ndarray, grades: np.ndarray, graded: bool) -> dict:
+    """The products a row must never treat as negatives, from a query's judged E/S/C products
+    (qidx, catalog row, grade 0 E / 1 S / 2 C per judgement).
+
+    Plain: qidx -> every judged E/S/C product of the query. Graded: (qidx, g) -> the products judged
+    at least as relevant as grade g, so a row whose positive is E still ranks the query's S and C
+    products below it (they stay negatives), while an S row never pushes an E product down."""
+    out: dict = {}
+    for q, r, g in zip(qidx.tolist(), rows.tolist(), grades.tolist()):
+        if graded:
+            for own in range(g, 3):  # rows with a positive of grade >= g must not push r down
+                out.setdefault((q, own), set()).add(r)
+        else:
+            out.setdefault(q, set()).add(r)
     return out

@@ -39,8 +39,8 @@ from tqdm import tqdm
 import losses as L
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, stage_done
 from metrics import evaluate_run
-from train_data import Batch, StageData, TokenStore, plan_epoch
-from train_parts import SELECT, better, loss_inputs, lr_lambda, parse_label_weights
+from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
+from train_parts import SELECT, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from utils import (UserError, add_common_args, args_to_config, barrier, best_checkpoint, bf16_supported,
                    get_device, hard_negatives_path, init_distributed, is_main_process, load_catalog, load_prepared,
@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bucket-batches", type=int, default=16,
                    help="sort rows by product length within windows of N batches (faster, less padding); "
                         "0 = random batches")
+    p.add_argument("--graded-mask", action=argparse.BooleanOptionalAction, default=False,
+                   help="mask from a row's softmax only the products judged at least as relevant as its own "
+                        "positive: an E row keeps its query's S/C products as negatives (E ranks above S); "
+                        "--no-graded-mask masks every judged E/S/C product")
     p.add_argument("--distinct-queries", action="store_true",
                    help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES)")
     p.add_argument("--logq", action="store_true", help="logQ-correct in-batch logits by product frequency")
@@ -168,17 +172,16 @@ class Trainer:
         return StageData(self.args.data_dir, split, stage if split == "train" else 3, files, self.catalog_index,
                          self.args.label_weights if split == "train" else None)
 
-    def _judged_by_qidx(self, data: StageData) -> dict[int, set]:
-        """qidx -> catalog rows judged E/S/C for that query (never negatives, whatever the stage)."""
+    def _judged_by_qidx(self, data: StageData) -> dict:
+        """The judged E/S/C products that rows of each query must not treat as negatives, whatever
+        the stage (train_parts.judged_sets; graded with --graded-mask)."""
         gt = self.ground_truth[self.ground_truth["esci_label"].isin(["E", "S", "C"])]
         qmap = pd.Series(np.arange(len(data.query_ids)), index=data.query_ids)
         qi = qmap.reindex(gt["query_id"].to_numpy()).to_numpy()
         pr = self.catalog_index.reindex(gt["product_id"].to_numpy()).to_numpy()
         ok = ~(np.isnan(qi) | np.isnan(pr))
-        out: dict[int, set] = {}
-        for q, p in zip(qi[ok].astype(int).tolist(), pr[ok].astype(int).tolist()):
-            out.setdefault(q, set()).add(p)
-        return out
+        grades = gt["esci_label"].map(GRADE).to_numpy()[ok]
+        return judged_sets(qi[ok].astype(np.int64), pr[ok].astype(np.int64), grades, self.args.graded_mask)
 
     def _logq(self, data: StageData) -> np.ndarray:
         """Per catalog row: log(sampling probability) - log(uniform), 0 for never-sampled rows."""
@@ -338,7 +341,7 @@ class Trainer:
                 n = torch.zeros(len(neg_flat), q.shape[1], device=q.device, dtype=n_valid.dtype)
                 n[torch.from_numpy(np.flatnonzero(valid)).to(q.device)] = n_valid
                 n = n.reshape(len(b.q_rows), -1, q.shape[1])  # (b, k, d)
-        kw = loss_inputs(b, q.device, judged, logq)
+        kw = loss_inputs(b, q.device, judged, logq, self.args.graded_mask)
         if n is None:
             if getattr(self.loss_fn, "needs_negatives", False):
                 raise UserError(f"--loss {self.args.loss} needs explicit negatives, but a batch has none; "

@@ -284,3 +284,18 @@ def test_stage2_without_mined_negatives(data_dir, tmp_path, tiny_encoder_dir):
     m = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1",
                                     "--hard-negatives", "none", "--distinct-queries", "--bucket-batches", "0")))
     assert m["stages"][-1]["stage"] == 2
+
+
+def test_graded_mask_keeps_lower_grades_as_negatives():
+    """Query 0 judges product 5 E and product 6 S. Graded: the E row keeps 6 as a negative (E above
+    S), the S row masks 5 (E is never pushed below S). Plain: both rows mask both."""
+    from train_data import Batch
+    qidx, rows, grades = np.array([0, 0]), np.array([5, 6]), np.array([0, 1])
+    b = Batch(q_rows=np.array([0, 0, 1]), p_rows=np.array([5, 6, 7]), weights=np.ones(3, np.float32),
+              neg_rows=np.full((3, 1), -1), grades=np.array([0, 1, 0]))
+    graded = TP.loss_inputs(b, torch.device("cpu"), TP.judged_sets(qidx, rows, grades, True), None, graded=True)
+    plain = TP.loss_inputs(b, torch.device("cpu"), TP.judged_sets(qidx, rows, grades, False), None)
+    g, p = graded["mask"][:, :3], plain["mask"][:, :3]
+    assert not g[0, 1] and g[1, 0]  # E row: S product is a negative; S row: E product masked
+    assert p[0, 1] and p[1, 0]
+    assert not g[2, :2].any() and not p[2, :2].any()  # another query's row: nothing masked off its diagonal
