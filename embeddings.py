@@ -10,7 +10,7 @@ fingerprint, catalog checksum, dimension, count):
   - an interrupted encode resumes at the last completed chunk;
   - under torchrun each process encodes its own slice and rank 0 assembles the result.
 
-`build_index` / `save_index` / `load_index` write and check FAISS indices with a metadata.json
+`build_index` / `write_index` + `save_index_meta` / `load_index` build, write and check FAISS indices with a metadata.json
 that names the model and catalog they belong to; a mismatch is refused.
 """
 from __future__ import annotations

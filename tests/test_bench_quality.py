@@ -1,0 +1,33 @@
+"""bench/bench_quality.py end to end on the tiny sample with a tiny encoder (peer trained for real)."""
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_bench_quality_three_systems(tmp_path, tiny_encoder_dir):
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    import bench_quality as bq
+    from two_tower_model import TwoTowerModel
+    ck = tmp_path / "trained.pt"
+    TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).save(ck)  # "trained" = the baseline's weights
+    out = tmp_path / "out"
+    res = bq.main(bq.parse_args(["--size", "tiny", "--checkpoint", str(ck), "--base-model", str(tiny_encoder_dir),
+                                 "--peer-max-pairs", "64", "--peer-batch-size", "16", "--bootstrap", "50",
+                                 "--work-dir", str(tmp_path / "work"), "--out-dir", str(out),
+                                 "--resplit-queries", "0.5", "--tag", "t"]))
+    saved = json.loads((out / "quality_t.json").read_text())
+    assert saved["table"] == res["table"] and set(res["table"]) == {"baseline", "peer", "trained", "trained_vs_peer"}
+    t = res["table"]
+    # identical weights: the trained row equals the baseline exactly, gain 0
+    assert t["trained"]["recall@10"] == t["baseline"]["recall@10"] and t["trained"]["recall@10_gain"] == 0
+    assert t["peer"]["ndcg@10"] != t["baseline"]["ndcg@10"]  # the peer was really trained
+    assert res["peer_training"]["max_steps"] == 4
+    md = (out / "quality_t.md").read_text()
+    assert "peer: ST MNRL fine-tune" in md and "KDD Task 1" in md
