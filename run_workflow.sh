@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     --resplit-queries) PREP+=(--resplit-queries "$2"); shift 2 ;;
     --fast) FAST=1; SIZE=tiny; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run_workflow.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

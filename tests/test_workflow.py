@@ -48,3 +48,9 @@ def test_workflow_on_real_esci_extract(tmp_path):
              "--val-corpus-size", "200", "--val-batches", "2", timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "data" / "eval" / "report.json").is_file()
+
+
+def test_help_prints_usage_only():
+    r = subprocess.run(["bash", str(ROOT / "run_workflow.sh"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--resplit-queries" in r.stdout and "--from STEP" not in r.stderr
+    assert "set -" not in r.stdout and not any(line.startswith("#") for line in r.stdout.splitlines())
