@@ -27,7 +27,7 @@ import pandas as pd
 from embeddings import load_index
 from two_tower_model import TwoTowerModel
 from utils import (UserError, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
-                   load_catalog, load_prepared, log, run_cli)
+                   int_range, load_catalog, load_prepared, log, run_cli)
 
 MAX_QUERY_CHARS = 500
 HELP = """commands:
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="show the trained system only")
     p.add_argument("--query", action="append", default=None, help="answer this query and exit (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output, one JSON object per query")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int_range(1, 100), default=10)
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat")
     add_common_args(p, seed=False)
     return p.parse_args(argv)

@@ -29,9 +29,9 @@ import pandas as pd
 from embeddings import catalog_embeddings, load_index, search
 from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
-from utils import (ESCI_GAINS, Timer, UserError, add_common_args, add_comparison_args, args_to_config,
-                   atomic_path, eval_dir, get_device, index_dir, load_catalog, load_prepared, log, peak_rss_mb,
-                   run_cli, write_json)
+from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
+                   add_comparison_args, args_to_config, atomic_path, eval_dir, get_device, index_dir,
+                   load_catalog, load_prepared, log, peak_rss_mb, run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
 HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10", "kdd_task1_ndcg"]
@@ -44,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat", help="index used for the metrics")
     p.add_argument("--relevant", choices=["E", "ES"], default="E", help="labels that count as relevant")
     p.add_argument("--split", default="test")
-    p.add_argument("--top-k", type=int, default=200)
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
-    p.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=200)
+    p.add_argument("--bootstrap", type=POSITIVE_INT, default=2000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--latency-queries", type=NONNEG_INT, default=200, help="queries timed one by one")
     p.add_argument("--out-dir", type=Path, default=None, help="default: DATA_DIR/eval")
     add_common_args(p)
     return p.parse_args(argv)

@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, Timer, UserError, add_common_args, args_to_config, hard_negatives_path,
-                   is_main_process, load_catalog, load_prepared, log, parquet_writer, peak_rss_mb, run_cli,
-                   stage_checkpoint, write_json)
+from utils import (DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer, UserError,
+                   add_common_args, args_to_config, hard_negatives_path, is_main_process, load_catalog,
+                   load_prepared, log, parquet_writer, peak_rss_mb, run_cli, stage_checkpoint, write_json)
 
 HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),
@@ -45,13 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source_args(p, stage_checkpoint(DEFAULT_CHECKPOINT_DIR, 1))
     p.add_argument("--output", type=Path, default=None, help="default: DATA_DIR/hard_negatives_stage2.parquet")
-    p.add_argument("--top-k", type=int, default=100, help="candidates retrieved per query")
-    p.add_argument("--num-negatives", type=int, default=15, help="hard negatives kept per query")
-    p.add_argument("--skip-top", type=int, default=0, help="ignore the first N ranks (range start)")
-    p.add_argument("--margin", type=float, default=0.05,
+    p.add_argument("--top-k", type=POSITIVE_INT, default=100, help="candidates retrieved per query")
+    p.add_argument("--num-negatives", type=POSITIVE_INT, default=15, help="hard negatives kept per query")
+    p.add_argument("--skip-top", type=NONNEG_INT, default=0, help="ignore the first N ranks (range start)")
+    p.add_argument("--margin", type=FRACTION, default=0.05,
                    help="drop candidates scoring above (1 - margin) x the query's mean positive score")
-    p.add_argument("--round", type=int, default=None, help="mining round (default: from the checkpoint's stage)")
-    p.add_argument("--query-batch", type=int, default=1024)
+    p.add_argument("--round", type=POSITIVE_INT, default=None, help="mining round (default: from the checkpoint's stage)")
+    p.add_argument("--query-batch", type=POSITIVE_INT, default=1024)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     add_common_args(p)
     return p.parse_args(argv)

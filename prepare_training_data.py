@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, POSITIVE_STAGE, POSITIVE_WEIGHTS,
-                   PRODUCTS_FILE, Timer, UserError, add_common_args, args_to_config,
-                   build_product_text, log, parquet_writer, peak_rss_mb, require_file, run_cli,
+from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE,
+                   POSITIVE_WEIGHTS, PRODUCTS_FILE, Timer, UserError, add_common_args, args_to_config,
+                   build_product_text, float_range, log, parquet_writer, peak_rss_mb, require_file, run_cli,
                    write_json, write_parquet)
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
@@ -251,21 +251,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--locale", default="us", help="product_locale to keep (default: us)")
     p.add_argument("--version", choices=["small", "large"], default="large",
                    help="ESCI dataset version: small = the reduced task-1 set, large = all (default)")
-    p.add_argument("--neg-ratio", type=int, default=2, help="random negatives per positive (default: 2)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train queries for validation")
-    p.add_argument("--resplit-queries", type=float, default=None, metavar="F",
+    p.add_argument("--neg-ratio", type=NONNEG_INT, default=2, help="random negatives per positive (default: 2)")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="fraction of train queries for validation")
+    p.add_argument("--resplit-queries", type=float_range(0.0, 1.0, lo_open=True, hi_open=True), default=None, metavar="F",
                    help="ignore the files' split: a stable hash of each query id sends a fraction F of the "
                         "queries to test and the rest to train/val (for small extracts; default: ESCI's split)")
-    p.add_argument("--max-bad-fraction", type=float, default=0.05,
+    p.add_argument("--max-bad-fraction", type=float_range(0.0, 1.0), default=0.05,
                    help="fail when more than this fraction of rows is unusable (default: 0.05)")
     add_common_args(p)
     args = p.parse_args(argv)
-    if args.neg_ratio < 0:
-        p.error("--neg-ratio must be >= 0")
-    if not 0 <= args.val_fraction < 1:
-        p.error("--val-fraction must be in [0, 1)")
-    if args.resplit_queries is not None and not 0 < args.resplit_queries < 1:
-        p.error("--resplit-queries must be in (0, 1)")
     return args
 
 

@@ -28,8 +28,9 @@ import pandas as pd
 
 from embeddings import build_index, catalog_embeddings, catalog_fingerprint, save_index_meta, search, write_index
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, Timer, add_common_args, args_to_config, best_checkpoint,
-                   index_dir as default_index_dir, init_distributed, is_main_process, load_catalog, log, run_cli)
+from utils import (DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_common_args, args_to_config,
+                   best_checkpoint, index_dir as default_index_dir, init_distributed, int_range,
+                   is_main_process, load_catalog, log, run_cli)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,12 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_source_args(p, best_checkpoint(DEFAULT_CHECKPOINT_DIR))
     p.add_argument("--index-dir", type=Path, default=None,
                    help="output directory (default: DATA_DIR/indices, or DATA_DIR/indices_baseline)")
-    p.add_argument("--hnsw-m", type=int, default=32)
-    p.add_argument("--ef-construction", type=int, default=200)
-    p.add_argument("--ef-search", type=int, default=128)
+    p.add_argument("--hnsw-m", type=int_range(2), default=32)
+    p.add_argument("--ef-construction", type=POSITIVE_INT, default=200)
+    p.add_argument("--ef-search", type=POSITIVE_INT, default=128)
     p.add_argument("--no-hnsw", action="store_true", help="build the Flat index only")
     p.add_argument("--index-factory", default=None, help="also build a faiss index_factory index")
-    p.add_argument("--report-queries", type=int, default=2000, help="queries for the HNSW-vs-Flat report")
+    p.add_argument("--report-queries", type=NONNEG_INT, default=2000, help="queries for the HNSW-vs-Flat report")
     add_common_args(p)
     return p.parse_args(argv)
 

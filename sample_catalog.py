@@ -33,7 +33,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from sample_vocab import (ADJ, COLORS, DESCRIPTIONS, GENERIC_BULLETS, QUERY_MODS, TYPES, TYPE_INDEX)
-from utils import (EXAMPLES_FILE, PRODUCTS_FILE, Timer, add_common_args, log, parquet_writer,
+from utils import (EXAMPLES_FILE, POSITIVE_INT, PRODUCTS_FILE, Timer, add_common_args, log, parquet_writer,
                    run_cli, write_json)
 
 SIZES = {
@@ -420,8 +420,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--raw-dir", type=Path, default=Path("data/raw"))
-    p.add_argument("--n-products", type=int, default=None, help="override the size's product count")
-    p.add_argument("--n-queries", type=int, default=None, help="override the size's query count")
+    p.add_argument("--n-products", type=POSITIVE_INT, default=None, help="override the size's product count")
+    p.add_argument("--n-queries", type=POSITIVE_INT, default=None, help="override the size's query count")
     add_common_args(p, data_dir=False)
     p.set_defaults(seed=0)
     return p.parse_args(argv)

@@ -42,9 +42,10 @@ from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
 from train_parts import SELECT, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
-from utils import (UserError, add_common_args, args_to_config, barrier, best_checkpoint, bf16_supported,
-                   get_device, hard_negatives_path, init_distributed, is_main_process, load_catalog, load_prepared,
-                   log, run_cli, set_seed, stage_checkpoint, write_json)
+from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
+                   add_common_args, args_to_config, barrier, best_checkpoint, bf16_supported, get_device,
+                   hard_negatives_path, init_distributed, int_range, is_main_process, load_catalog,
+                   load_prepared, log, run_cli, set_seed, stage_checkpoint, write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 
@@ -54,24 +55,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", type=int, choices=[1, 2, 3], required=True,
                    help="training stage; run_workflow.sh chains 1 -> mine -> 2 -> mine -> 3")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch (split across processes)")
-    p.add_argument("--lr", type=float, default=2e-5, help="stage 1-2 learning rate (stage 3 uses lr/10)")
-    p.add_argument("--epochs", type=int, default=None, help="override the stage's epoch count")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each stage after this many steps")
-    p.add_argument("--epoch-pairs", type=int, default=None,
+    p.add_argument("--batch-size", type=int_range(2), default=64, help="global batch (split across processes)")
+    p.add_argument("--lr", type=NONNEG_FLOAT, default=2e-5, help="stage 1-2 learning rate (stage 3 uses lr/10)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="override the stage's epoch count")
+    p.add_argument("--max-steps", type=POSITIVE_INT, default=None, help="stop each stage after this many steps")
+    p.add_argument("--epoch-pairs", type=POSITIVE_INT, default=None,
                    help="train each epoch on a fresh random subset of this many positives (budgeted runs)")
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-accum", type=POSITIVE_INT, default=1)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto = bf16 where the device runs it natively, else fp32")
     p.add_argument("--loss", choices=sorted(L.LOSSES), default="combined")
-    p.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (scale = 1/T)")
-    p.add_argument("--margin", type=float, default=0.5, help="contrastive/triplet cosine-distance margin")
-    p.add_argument("--contrastive-weight", type=float, default=0.5, help="mixing weight in the combined loss")
-    p.add_argument("--negatives", type=int, default=1, help="explicit negatives per positive")
+    p.add_argument("--temperature", type=POSITIVE_FLOAT, default=0.05, help="InfoNCE temperature (scale = 1/T)")
+    p.add_argument("--margin", type=NONNEG_FLOAT, default=0.5, help="contrastive/triplet cosine-distance margin")
+    p.add_argument("--contrastive-weight", type=NONNEG_FLOAT, default=0.5, help="mixing weight in the combined loss")
+    p.add_argument("--negatives", type=NONNEG_INT, default=1, help="explicit negatives per positive")
     p.add_argument("--hard-negatives", choices=["mined", "none"], default="mined",
                    help="stages 2-3: add the mined hard negatives (default) or train on in-batch and judged-I "
                         "negatives only")
-    p.add_argument("--bucket-batches", type=int, default=16,
+    p.add_argument("--bucket-batches", type=NONNEG_INT, default=16,
                    help="sort rows by product length within windows of N batches (faster, less padding); "
                         "0 = random batches")
     p.add_argument("--graded-mask", action=argparse.BooleanOptionalAction, default=False,
@@ -84,28 +85,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-weights", type=parse_label_weights, default=None, metavar="E=1,S=0.9,C=0.6",
                    help="positive weight per ESCI label, overriding prepare's (E 1.0, S 0.9, C 0.6 from stage 3); "
                         "0 stops training on that label as a positive (its products stay masked, never negatives)")
-    p.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of each stage's steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--save-steps", type=int, default=0, help="also checkpoint every N optimiser steps")
+    p.add_argument("--warmup", type=FRACTION, default=0.1, help="warmup fraction of each stage's steps")
+    p.add_argument("--weight-decay", type=NONNEG_FLOAT, default=0.01)
+    p.add_argument("--max-grad-norm", type=POSITIVE_FLOAT, default=1.0)
+    p.add_argument("--save-steps", type=NONNEG_INT, default=0, help="also checkpoint every N optimiser steps")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from last.pt (or the given checkpoint)")
-    p.add_argument("--patience", type=int, default=0, help="stop a stage after N epochs without improvement")
+    p.add_argument("--patience", type=NONNEG_INT, default=0, help="stop a stage after N epochs without improvement")
     p.add_argument("--select", choices=sorted(SELECT), default="recall+ndcg",
                    help="validation score that picks best_model.pt: recall+ndcg = Recall@10 + NDCG@10 (default; "
                         "ties go to the lower val loss, so a handful of val queries cannot freeze the choice), "
                         "recall@10, ndcg@10, or val_loss (lower is better)")
-    p.add_argument("--val-corpus-size", type=int, default=5000, help="random catalog products added to "
+    p.add_argument("--val-corpus-size", type=POSITIVE_INT, default=5000, help="random catalog products added to "
                    "the validation queries' judged products for validation retrieval")
-    p.add_argument("--val-batches", type=int, default=20, help="batches for the validation loss")
+    p.add_argument("--val-batches", type=NONNEG_INT, default=20, help="batches for the validation loss")
     p.add_argument("--device", default="auto")
     p.add_argument("--tensorboard", type=Path, default=None, help="also log scalars to this TensorBoard dir")
     p.add_argument("--init-checkpoint", type=Path, default=None, help="start stage 1 from this checkpoint")
     add_model_args(p)
     add_common_args(p, checkpoint_dir=True)
     args = p.parse_args(argv)
-    if args.batch_size < 2:
-        p.error("--batch-size must be at least 2 (in-batch negatives)")
     if args.loss == "triplet" and args.negatives < 1:
         p.error("--loss triplet needs explicit negatives: --negatives 1 or more")
     return args

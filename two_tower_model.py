@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from utils import DEFAULT_BASE_MODEL, UserError, bf16_supported, get_device, resolve_model_path, run_cli
+from utils import (DEFAULT_BASE_MODEL, NONNEG_INT, POSITIVE_INT, UserError, bf16_supported, get_device,
+                   int_range, resolve_model_path, run_cli)
 
 
 @dataclass
@@ -296,9 +297,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("model")
     g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base encoder (hub id or local path)")
     g.add_argument("--tower-sharing", choices=["shared", "separate"], default="shared")
-    g.add_argument("--query-max-len", type=int, default=32)
-    g.add_argument("--product-max-len", type=int, default=128)
-    g.add_argument("--projection-dim", type=int, default=0, help="projection MLP output size (0 = none)")
+    g.add_argument("--query-max-len", type=int_range(2), default=32)
+    g.add_argument("--product-max-len", type=int_range(2), default=128)
+    g.add_argument("--projection-dim", type=NONNEG_INT, default=0, help="projection MLP output size (0 = none)")
     return parser
 
 
@@ -314,7 +315,7 @@ def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path |
     g.add_argument("--baseline", action="store_true", help="use the pretrained base model instead")
     g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base model for --baseline")
     g.add_argument("--device", default="auto")
-    g.add_argument("--batch-size", type=int, default=64, help="products per encode batch")
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="products per encode batch")
 
 
 def load_model_from_args(args: argparse.Namespace) -> tuple["TwoTowerModel", dict]:

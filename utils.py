@@ -118,6 +118,46 @@ def setup_logging(level: str | int = "INFO") -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in [lo, hi]; anything else is one line of error and exit 2."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            want = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {want}, got {v}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def float_range(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+                ) -> Callable[[str], float]:
+    """An argparse `type`: a finite number in the interval (lo_open/hi_open exclude the ends)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = (v != v or v in (float("inf"), float("-inf")) or v < lo or (lo_open and v == lo)
+               or (hi is not None and (v > hi or (hi_open and v == hi))))
+        if bad:
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{lo}, {'inf' if hi is None else hi}{right}, got {text}")
+        return v
+    parse.__name__ = "float"
+    return parse
+
+
+POSITIVE_INT = int_range(1)
+NONNEG_INT = int_range(0)
+POSITIVE_FLOAT = float_range(0.0, lo_open=True)
+NONNEG_FLOAT = float_range(0.0)
+FRACTION = float_range(0.0, 1.0, hi_open=True)  # [0, 1)
+
+
 def add_common_args(parser: argparse.ArgumentParser, *, data_dir: bool = True,
                     checkpoint_dir: bool = False, seed: bool = True) -> argparse.ArgumentParser:
     """The argument group most scripts share (added here once, not copied)."""
