@@ -30,10 +30,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-
 import torch
 
-from utils import UserError, atomic_path, log, progress_path, read_json, write_json
+from utils import UserError, atomic_path, last_checkpoint, log, progress_path, read_json, stage_checkpoint, write_json
 
 CHECKPOINT_FORMAT = "ttsn-two-tower"
 CHECKPOINT_VERSION = 1
@@ -180,7 +179,7 @@ def save_train_state(ckdir: Path, model, opt, sched, progress: dict, train_confi
     step_copy also a hard link step_N.pt to this last.pt (it keeps that file's blocks alive once
     last.pt is replaced). Returns the progress record written."""
     record = {**progress, "token": uuid.uuid4().hex}
-    last = Path(ckdir) / "last.pt"
+    last = last_checkpoint(ckdir)
     save_model(model, last, extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                    "rng": rng_state(), "progress": json.dumps(record),
                                    "train_config": json.dumps(train_config)})
@@ -208,7 +207,7 @@ def load_train_state(path: Path) -> tuple[dict, dict]:
 def read_progress(ckdir: str | os.PathLike) -> dict:
     """The training progress of a checkpoint directory ({} when nothing was trained there)."""
     ckdir = Path(ckdir)
-    pj, last = progress_path(ckdir), ckdir / "last.pt"
+    pj, last = progress_path(ckdir), last_checkpoint(ckdir)
     rec = read_json(pj) if pj.is_file() else None
     if last.is_file() and (rec is None or rec.get("token") != _last_token(last)):
         # a crash between the two writes (or a directory from an older version): last.pt wins
@@ -227,7 +226,6 @@ def _last_token(last: Path) -> str | None:
 
 def stage_done(ckdir: str | os.PathLike, stage: int) -> bool:
     """A stage is complete when the progress record says so and stage{N}.pt exists."""
-    from utils import stage_checkpoint
     if not stage_checkpoint(ckdir, stage).is_file():
         return False
     return int(read_progress(ckdir).get("stage_done", 0)) >= stage

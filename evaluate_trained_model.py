@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from embeddings import catalog_embeddings, load_index, search
+from embeddings import load_index, search
 from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
 from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
@@ -77,17 +78,18 @@ def trec_qrels_lines(qrels: dict) -> list[str]:
     return [f"{q} 0 {pid} {TREC_GRADE[lab]}" for q, j in qrels.items() for pid, lab in j.items()]
 
 
-def judged_rerank_ndcg(q_emb: np.ndarray, query_ids, p_emb: np.ndarray, row_of: pd.Series,
-                       qrels: dict) -> np.ndarray:
+def judged_rerank_ndcg(q_emb: np.ndarray, query_ids, vectors: Callable[[np.ndarray], np.ndarray],
+                       row_of: pd.Series, qrels: dict) -> np.ndarray:
     """KDD Task 1 nDCG per query (in `query_ids` order): its judged catalog products scored by
-    q . p and re-ranked; q_emb (n, d) aligned with query_ids, p_emb (catalog, d)."""
+    q . p and re-ranked; q_emb (n, d) aligned with query_ids, vectors(rows) -> (len(rows), d)
+    product embeddings (an array's rows, or a FAISS index's stored vectors)."""
     out = np.zeros(len(query_ids))
     for i, q in enumerate(query_ids):
         judged = qrels.get(q, {})
         rows = row_of.reindex(list(judged)).dropna().astype(np.int64)
         if rows.empty:
             continue
-        sc = np.asarray(p_emb[rows.to_numpy()]) @ q_emb[i]
+        sc = np.asarray(vectors(rows.to_numpy())) @ q_emb[i]
         out[i] = kdd_task1_ndcg(dict(zip(rows.index, sc.tolist())), judged)
     return out
 
@@ -108,9 +110,9 @@ def run_system(name: str, model: TwoTowerModel, index_dir: Path, products: pd.Da
     with Timer() as t_search:
         scores, rows = search(index, qe, args.top_k)
     run = {q: ids[r[r >= 0]].tolist() for q, r in zip(queries["query_id"], rows)}
-    p_emb, _ = catalog_embeddings(model, products, args.data_dir, show_progress=False)  # cached by reindex
-    row_of = pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy())
-    kdd = judged_rerank_ndcg(qe, queries["query_id"].tolist(), p_emb, row_of, qrels)
+    # KDD Task 1 re-ranks judged products: their vectors are already in the index (no encode)
+    kdd = judged_rerank_ndcg(qe, queries["query_id"].tolist(), index.reconstruct_batch,
+                             pd.Series(np.arange(len(ids)), index=ids), qrels)
     sc = {q: s[r >= 0].tolist() for q, s, r in zip(queries["query_id"], scores, rows)}
     speed = {"query_encode_ms": round(1000 * t_enc.seconds / max(len(queries), 1), 3),
              "search_batch_qps": round(len(queries) / max(t_search.seconds, 1e-9), 1),

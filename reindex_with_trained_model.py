@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings import build_index, catalog_embeddings, catalog_fingerprint, save_index_meta, search, write_index
+from embeddings import build_index, catalog_embeddings, save_index_meta, search, write_index
 from two_tower_model import add_model_source_args, load_model_from_args
 from utils import (DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_common_args, args_to_config,
                    best_checkpoint, index_dir as default_index_dir, init_distributed, int_range,
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> dict:
     if not is_main_process():
         return {}
     meta = {"model": info, "model_fingerprint": info["fingerprint"],
-            "catalog_fingerprint": catalog_fingerprint(products), "catalog_size": len(products),
+            "catalog_fingerprint": emb_meta["fingerprint"]["catalog"], "catalog_size": len(products),
             "dim": int(emb.shape[1]), "metric": "inner_product", "hnsw_m": args.hnsw_m,
             "ef_construction": args.ef_construction, "ef_search": args.ef_search,
             "index_factory": args.index_factory, "encode_seconds": round(t_enc.seconds, 1),

@@ -44,7 +44,7 @@ from train_parts import SELECT, better, judged_sets, loss_inputs, lr_lambda, par
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
                    add_common_args, args_to_config, barrier, best_checkpoint, bf16_supported, get_device,
-                   hard_negatives_path, init_distributed, int_range, is_main_process, load_catalog,
+                   hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint, load_catalog,
                    load_prepared, log, run_cli, set_seed, stage_checkpoint, write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
@@ -412,7 +412,7 @@ class Trainer:
         a = self.args
         if not a.resume:
             return False
-        path = self.ckdir / "last.pt" if a.resume == "auto" else Path(a.resume)
+        path = last_checkpoint(self.ckdir) if a.resume == "auto" else Path(a.resume)
         if not path.is_file():
             if a.resume != "auto":
                 raise UserError(f"--resume: checkpoint not found: {path}")
@@ -421,9 +421,14 @@ class Trainer:
         state, prog = load_train_state(path)
         if prog.get("stage") != stage or prog.get("stage_done") == stage:
             return False
-        saved = TwoTowerModel.from_payload(state, str(path))
-        model.check_compatible(saved.config.base_model, saved.config.embedding_dim, source=str(path))
-        model.load_state_dict(saved.state_dict())
+        saved = TwoTowerModel.config_class.from_dict(state["config"])  # no second model is built
+        model.check_compatible(saved.base_model, saved.embedding_dim, source=str(path))
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"{path}: its weights do not fit this stage's model ({str(e).splitlines()[0][:160]})") \
+                from None
+        model._fingerprint = None  # the weights changed
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])

@@ -61,6 +61,11 @@ def best_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / "best_model.pt"
 
 
+def last_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
+    """The resumable training state (model, optimizer, scheduler, RNG, progress)."""
+    return Path(checkpoint_dir) / "last.pt"
+
+
 def progress_path(checkpoint_dir: str | os.PathLike) -> Path:
     """The small JSON mirror of last.pt's training progress."""
     return Path(checkpoint_dir) / "progress.json"
@@ -72,7 +77,7 @@ def artifact_paths(data_dir: str | os.PathLike, checkpoint_dir: str | os.PathLik
             "HN2": hard_negatives_path(data_dir, 2), "HN3": hard_negatives_path(data_dir, 3),
             "EVAL": eval_dir(data_dir), "STAGE1": stage_checkpoint(checkpoint_dir, 1),
             "STAGE2": stage_checkpoint(checkpoint_dir, 2), "STAGE3": stage_checkpoint(checkpoint_dir, 3),
-            "BEST": best_checkpoint(checkpoint_dir), "LAST": Path(checkpoint_dir) / "last.pt",
+            "BEST": best_checkpoint(checkpoint_dir), "LAST": last_checkpoint(checkpoint_dir),
             "PROGRESS": progress_path(checkpoint_dir)}
 
 
