@@ -94,13 +94,14 @@ def run_workflow(args, data: Path, ck: Path) -> float:
 
 
 def prepare_only(args, data: Path) -> None:
+    """What the workflow's sample and prepare steps do (same generator and defaults), for --checkpoint."""
     import prepare_training_data as prep
+    import sample_catalog
     raw = args.raw_dir
-    argv = ["--data-dir", str(data)]
-    if raw is None:
+    if raw is None:  # as run_workflow.sh: sample_catalog.py with its own default seed, then prepare
         raw = args.work_dir / "raw"
-        argv += ["--make-sample", args.size]
-    argv += ["--raw-dir", str(raw)]
+        sample_catalog.main(sample_catalog.parse_args(["--size", args.size, "--raw-dir", str(raw)]))
+    argv = ["--data-dir", str(data), "--raw-dir", str(raw)]
     if args.resplit_queries is not None:
         argv += ["--resplit-queries", str(args.resplit_queries)]
     prep.main(prep.parse_args(argv))
