@@ -132,7 +132,7 @@ class Trainer:
         self.best = {"recall@10": -1.0, "score": None, "epoch": None}
         self.history: list[dict] = []
         self.results: list[dict] = []
-        self._p_tok: dict[int, TokenStore] = {}
+        self._p_tok: dict[tuple, TokenStore] = {}
 
     def continue_from(self, first_stage: int) -> None:
         """Carry best/history/results of the stages before `first_stage` (same checkpoint dir)."""
@@ -233,9 +233,10 @@ class Trainer:
         log.info("stage %d: %s positives over %s queries, negatives %s", stage, f"{data.counts['positives']:,}",
                  f"{data.counts['queries']:,}", data.counts["negatives"])
         tok = model.tokenizer
-        key = model.config.product_max_len
+        key = (model.config.product_max_len, model.config.product_prompt)
         if key not in self._p_tok:  # the catalog is tokenised once per run, not per stage
-            self._p_tok[key] = TokenStore(tok, self.products["product_text"].tolist(), key)
+            self._p_tok[key] = TokenStore(tok, model.prompted(self.products["product_text"].tolist(), "product"),
+                                          model.config.product_max_len)
         p_tok = self._p_tok[key]
         epochs = a.epochs or STAGES[stage]["epochs"]
         # epoch 1's plan sets the schedule length; it is reused when stage 1 trains epoch 1
@@ -246,8 +247,8 @@ class Trainer:
                                 lr=a.lr * STAGES[stage]["lr_scale"], weight_decay=a.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, a.warmup))
         return {"stage": stage, "data": data, "val": val, "p_tok": p_tok,
-                "q_tok": TokenStore(tok, data.query_texts, model.config.query_max_len),
-                "vq_tok": TokenStore(tok, val.query_texts, model.config.query_max_len),
+                "q_tok": TokenStore(tok, model.prompted(data.query_texts, "query"), model.config.query_max_len),
+                "vq_tok": TokenStore(tok, model.prompted(val.query_texts, "query"), model.config.query_max_len),
                 "judged": self._judged_by_qidx(data), "val_judged": self._judged_by_qidx(val),
                 "logq": self._logq(data) if a.logq else None, "epochs": epochs, "plan1": plan1, "total": total,
                 "opt": opt, "sched": sched}

@@ -52,6 +52,8 @@ class TwoTowerConfig:
     query_max_len: int = 32
     product_max_len: int = 128
     projection_dim: int = 0                 # 0 = no projection MLP (embedding = encoder hidden size)
+    query_prompt: str = ""                  # put in front of every query (E5: "query: ", BGE: an instruction)
+    product_prompt: str = ""                # put in front of every product text (E5: "passage: ")
     similarity: str = "cosine"              # always cosine: embeddings are L2-normalised, losses use cosine
     hidden_size: int = 0                    # filled from the encoder
     encoder_config: dict = field(default_factory=dict)  # the HF config of the encoder
@@ -202,10 +204,16 @@ class TwoTowerModel(nn.Module):
         return self._fingerprint
 
     # -- training-time forward ------------------------------------------------------------------
+    def prompted(self, texts: Sequence[str], side: str) -> list[str]:
+        """The texts as a tower reads them: the side's prompt (config.query_prompt or
+        config.product_prompt) in front of each, as sentence-transformers applies its prompts."""
+        prompt = self.config.query_prompt if side == "query" else self.config.product_prompt
+        return [prompt + t for t in texts] if prompt else list(texts)
+
     def tokenize(self, texts: Sequence[str], side: str) -> dict[str, torch.Tensor]:
-        """Padded batch for one side ('query' or 'product'), truncated at that side's max length."""
+        """Padded batch for one side ('query' or 'product'), prompted, truncated at that side's max length."""
         max_len = self.config.query_max_len if side == "query" else self.config.product_max_len
-        f = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        f = self.tokenizer(self.prompted(texts, side), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         return {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
 
     def embed(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
@@ -249,7 +257,7 @@ class TwoTowerModel(nn.Module):
     def _encode(self, texts: Sequence[str], side: str, batch_size: int, show_progress: bool,
                 chunk: int = 32_768) -> np.ndarray:
         """Tokenise once per chunk, sort by length, pad each batch to its longest text only."""
-        texts = list(texts)
+        texts = self.prompted(texts, side)
         out = np.empty((len(texts), self.config.embedding_dim), dtype=np.float32)
         if not texts:
             return out
@@ -300,12 +308,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--query-max-len", type=int_range(2), default=32)
     g.add_argument("--product-max-len", type=int_range(2), default=128)
     g.add_argument("--projection-dim", type=NONNEG_INT, default=0, help="projection MLP output size (0 = none)")
+    g.add_argument("--query-prompt", default="", metavar="TEXT",
+                   help='put TEXT in front of every query, as the base model expects (E5: "query: "); '
+                        'stored in the checkpoint and applied by every later phase and the export')
+    g.add_argument("--product-prompt", default="", metavar="TEXT",
+                   help='put TEXT in front of every product text (E5: "passage: ")')
     return parser
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
     return {"tower_sharing": args.tower_sharing, "query_max_len": args.query_max_len,
-            "product_max_len": args.product_max_len, "projection_dim": args.projection_dim}
+            "product_max_len": args.product_max_len, "projection_dim": args.projection_dim,
+            "query_prompt": args.query_prompt, "product_prompt": args.product_prompt}
 
 
 def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path | None) -> None:
