@@ -174,10 +174,11 @@ def set_rng_state(s: dict) -> None:
 
 
 def save_train_state(ckdir: Path, model, opt, sched, progress: dict, train_config: dict,
-                     step_copy: bool = False) -> dict:
+                     step_copy: bool = False, keep_steps: int = 2) -> dict:
     """Write last.pt (model, optimizer, scheduler, RNG, progress), then progress.json; with
-    step_copy also a hard link step_N.pt to this last.pt (it keeps that file's blocks alive once
-    last.pt is replaced). Returns the progress record written."""
+    step_copy also step_N.pt, a hard link to this last.pt: free while last.pt is this file, a full
+    copy's disk (~270 MB for MiniLM) once last.pt is replaced. Only the newest `keep_steps` step files
+    are kept (0 keeps all). Returns the progress record written."""
     record = {**progress, "token": uuid.uuid4().hex}
     last = last_checkpoint(ckdir)
     save_model(model, last, extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -188,7 +189,20 @@ def save_train_state(ckdir: Path, model, opt, sched, progress: dict, train_confi
         step = Path(ckdir) / f"step_{record['step']}.pt"
         step.unlink(missing_ok=True)
         os.link(last, step)
+        if keep_steps:
+            for old in step_checkpoints(ckdir)[:-keep_steps]:
+                old.unlink(missing_ok=True)
     return record
+
+
+def step_checkpoints(ckdir: str | os.PathLike) -> list[Path]:
+    """The step_N.pt files of a checkpoint directory, oldest step first."""
+    found = []
+    for f in Path(ckdir).glob("step_*.pt"):
+        m = re.fullmatch(r"step_(\d+)\.pt", f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    return [f for _, f in sorted(found)]
 
 
 def _progress_of(state: dict) -> dict:

@@ -203,6 +203,11 @@ class Demo:
             except KeyboardInterrupt:
                 print()
                 break
+            except UnicodeDecodeError as e:
+                if not interactive:
+                    raise
+                print(f"that line is not valid UTF-8 ({e.reason}); type it again", file=sys.stderr)
+                continue
             line = line.strip()
             if line.startswith(":") and len(line) > 1:
                 if not self.command(line):
@@ -224,6 +229,16 @@ def _enable_history() -> None:
         pass
 
 
+def stdin_lines(stream):
+    """Lines of a piped byte stream as text; invalid UTF-8 is one clear error naming the line."""
+    for n, raw in enumerate(iter(stream.readline, b""), 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"stdin line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at position {e.start}); "
+                            f"convert the input first, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def main(args: argparse.Namespace) -> Demo:
     demo = Demo(args)
     log.info("loaded %s in %.1fs", " + ".join(s.name for s in demo.systems), demo.startup_s)
@@ -231,7 +246,7 @@ def main(args: argparse.Namespace) -> Demo:
         for q in args.query:
             demo.answer(q)
     elif not sys.stdin.isatty():
-        demo.loop(iter(sys.stdin.readline, ""))
+        demo.loop(stdin_lines(sys.stdin.buffer))
     else:
         demo.loop()
     return demo

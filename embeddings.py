@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from utils import (UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json,
+from utils import (UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json, read_parquet,
                    write_json, write_parquet)
 
 CHUNK = 8192
@@ -175,7 +175,8 @@ def load_index(index_dir: Path, kind: str = "flat", model=None, products: pd.Dat
     index = faiss.read_index(str(path))
     if kind == "hnsw" and meta.get("ef_search"):
         faiss.ParameterSpace().set_index_parameter(index, "efSearch", int(meta["ef_search"]))
-    ids = pd.read_parquet(index_dir / "product_ids.parquet")["product_id"].to_numpy()
+    ids = read_parquet(index_dir / "product_ids.parquet", ["product_id"],
+                       "rebuild the index with reindex_with_trained_model.py")["product_id"].to_numpy()
     if index.ntotal != len(ids):
         raise UserError(f"{path} holds {index.ntotal} vectors but product_ids.parquet {len(ids)}; rebuild the index")
     return index, ids, meta

@@ -32,7 +32,7 @@ from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
 from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
                    add_comparison_args, args_to_config, atomic_path, eval_dir, get_device, index_dir,
-                   load_catalog, load_prepared, log, peak_rss_mb, run_cli, write_json)
+                   load_catalog, load_prepared, log, peak_rss_mb, require_writable, run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
 HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10", "kdd_task1_ndcg"]
@@ -150,7 +150,7 @@ def require_index(model_kind: str, args, index_dir: Path) -> Path:
 # Driver
 # ---------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict:
-    out = args.out_dir or eval_dir(args.data_dir)
+    out = require_writable(args.out_dir or eval_dir(args.data_dir), "--out-dir")
     dev = get_device(args.device)
     gt = load_prepared(args.data_dir, "ground_truth")
     products = load_catalog(args.data_dir)

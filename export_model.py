@@ -34,10 +34,8 @@ from pathlib import Path
 import torch.nn as nn
 
 from two_tower_model import Tower, TwoTowerModel
-from utils import (DEFAULT_DATA_DIR, UserError, add_common_args, eval_dir, file_sha256, log, read_json, run_cli,
-                   setup_logging, write_json)
-
-FORMATS = ("torch",)
+from utils import (DEFAULT_DATA_DIR, UserError, add_common_args, eval_dir, file_sha256, log, read_json,
+                   require_writable, run_cli, setup_logging, tmp_prefix, write_json)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -169,7 +167,8 @@ def main(args: argparse.Namespace) -> Path:
     model = TwoTowerModel.from_pretrained(args.checkpoint)
     router = needs_router(model, args.plain)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    require_writable(out.parent, "--output")
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(out), suffix=".tmp", dir=out.parent))
     try:
         with tempfile.TemporaryDirectory() as work:
             st = to_sentence_transformer(model, Path(work), args.plain)

@@ -30,7 +30,7 @@ from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
 from utils import (DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer, UserError,
                    add_common_args, args_to_config, hard_negatives_path, is_main_process, load_catalog,
-                   load_prepared, log, parquet_writer, peak_rss_mb, run_cli, stage_checkpoint, write_json)
+                   load_prepared, log, parquet_writer, peak_rss_mb, require_writable, run_cli, stage_checkpoint, write_json)
 
 HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),
@@ -92,6 +92,9 @@ def main(args: argparse.Namespace) -> dict:
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists (a mining round is never overwritten silently); pass --overwrite or "
                         f"choose another --output, e.g. {out.with_name(out.stem + '_round2.parquet')}")
+    if is_main_process():  # before the catalog encode, not after it
+        require_writable(out.parent, "--output")
+        require_writable(args.data_dir, "--data-dir (embedding cache)")
     with Timer() as total:
         model, info = load_model_from_args(args)
         products = load_catalog(args.data_dir)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE,
                    POSITIVE_WEIGHTS, PRODUCTS_FILE, Timer, UserError, add_common_args, args_to_config,
-                   build_product_text, float_range, log, parquet_writer, peak_rss_mb, require_file, run_cli,
+                   build_product_text, float_range, log, parquet_writer, peak_rss_mb, require_file, require_writable, run_cli,
                    write_json, write_parquet)
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
@@ -85,9 +85,16 @@ def load_examples(path: Path, locale: str, version: str, stats: dict) -> pd.Data
     splits = set(df["split"].unique()) - {"train", "test"}
     if splits:
         raise UserError(f"{path}: column split has unknown value(s) {sorted(map(str, splits))}; expected train, test")
+    stats["examples_in_scope"] = len(df)  # this locale and version: the base of --max-bad-fraction
+    no_id = df["query_id"].isna()
+    stats["dropped"]["examples_missing_query_id"] = int(no_id.sum())
+    df = df[~no_id]
     q = df["query"].astype(object).fillna("").map(lambda s: " ".join(str(s).split()))
     empty = q == ""
     stats["dropped"]["examples_empty_query"] = int(empty.sum())
+    if len(df) and empty.all():
+        raise UserError(f"{path}: the query column is empty in all {len(df):,} '{locale}' examples; "
+                        f"is the query text in another column?")
     df = df.assign(query=q)[~empty]
     dup = df.duplicated(["query_id", "product_id"])
     stats["dropped"]["examples_duplicate_pair"] = int(dup.sum())
@@ -119,6 +126,11 @@ def load_products(path: Path, locale: str, stats: dict) -> pd.DataFrame:
     empty = df["product_text"] == ""
     stats["dropped"]["products_empty_text"] = int(empty.sum())
     return df[~empty].reset_index(drop=True)
+
+
+# dropped examples that count against --max-bad-fraction (other locales and versions are filters)
+BAD_EXAMPLE_REASONS = ("examples_missing_query_id", "examples_empty_query", "examples_duplicate_pair",
+                       "examples_unknown_product")
 
 
 def _check_fraction(n_bad: int, n: int, limit: float, what: str, hint: str) -> None:
@@ -268,6 +280,7 @@ def main(args: argparse.Namespace) -> dict:
         if args.make_sample:
             from sample_catalog import make_sample_catalog
             make_sample_catalog(args.raw_dir, args.make_sample, seed=args.seed)
+        require_writable(args.data_dir, "--data-dir")
         hint = f"download ESCI from {ESCI_URL} into --raw-dir, or run with --make-sample small"
         ex_path = require_file(args.raw_dir / EXAMPLES_FILE, "ESCI examples file", hint)
         pr_path = require_file(args.raw_dir / PRODUCTS_FILE, "ESCI products file", hint)
@@ -278,9 +291,13 @@ def main(args: argparse.Namespace) -> dict:
                         f"{pr_path}: products with no title or bullet text", "check the product_title column")
         known = examples["product_id"].isin(products["product_id"])
         stats["dropped"]["examples_unknown_product"] = int((~known).sum())
-        _check_fraction(int((~known).sum()), len(examples), args.max_bad_fraction,
-                        f"{ex_path}: examples whose product_id is not in {pr_path.name} (locale {args.locale})",
-                        "are both files from the same ESCI release and locale?")
+        bad = {k: stats["dropped"][k] for k in BAD_EXAMPLE_REASONS if stats["dropped"].get(k)}
+        why = {"examples_unknown_product": f"product_id not in {pr_path.name}"}
+        _check_fraction(sum(bad.values()), stats["examples_in_scope"], args.max_bad_fraction,
+                        f"{ex_path}: unusable examples ("
+                        + ", ".join(f"{why.get(k, k[9:].replace('_', ' '))} {v:,}" for k, v in bad.items()) + ")",
+                        f"unknown products: are both files from the same ESCI release and locale "
+                        f"({pr_path.name}, --locale {args.locale})?")
         examples = examples[known].reset_index(drop=True)
         if examples.empty:
             raise UserError(f"{ex_path}: no example refers to a product in {pr_path}")

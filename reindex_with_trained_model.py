@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from embeddings import build_index, catalog_embeddings, save_index_meta, search, write_index
 from two_tower_model import add_model_source_args, load_model_from_args
 from utils import (DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_common_args, args_to_config,
                    best_checkpoint, index_dir as default_index_dir, init_distributed, int_range,
-                   is_main_process, load_catalog, log, run_cli)
+                   is_main_process, load_catalog, log, read_parquet, require_writable, run_cli)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +68,9 @@ def recall_vs_flat(flat, other, queries: np.ndarray, ks=(10, 100)) -> dict:
 def main(args: argparse.Namespace) -> dict:
     init_distributed()
     index_dir = args.index_dir or default_index_dir(args.data_dir, args.baseline)
+    if is_main_process():  # before the catalog encode, not after it
+        require_writable(index_dir, "--index-dir")
+        require_writable(args.data_dir, "--data-dir (embedding cache)")
     model, info = load_model_from_args(args)
     products = load_catalog(args.data_dir)
     with Timer() as t_enc:
@@ -115,7 +117,7 @@ def _report_queries(data_dir: Path, n: int, seed: int) -> list[str]:
     gt_path = data_dir / "ground_truth.parquet"
     if not gt_path.is_file() or n <= 0:
         return []
-    gt = pd.read_parquet(gt_path, columns=["query", "split"]).drop_duplicates("query")
+    gt = read_parquet(gt_path, ["query", "split"], "re-run prepare_training_data.py").drop_duplicates("query")
     for split in ("val", "test", "train"):
         q = gt.loc[gt["split"] == split, "query"]
         if len(q):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils import UserError, log, require_file
+from utils import UserError, log, read_parquet, require_file
 
 
 class TokenStore:
@@ -73,11 +73,11 @@ class StageData:
         path = require_file(data_dir / f"{name}.parquet", f"{split} pairs",
                             "run prepare_training_data.py first")
         cols = ["query_id", "query", "product_id", "label", "weight", "neg_type", "stage", "esci_label"]
-        pairs = pd.read_parquet(path, columns=cols)
+        pairs = read_parquet(path, cols, "re-run prepare_training_data.py")
         if pairs.empty:
             raise UserError(f"{path} has no rows; re-run prepare_training_data.py")
         for f in hard_negative_files:
-            hn = pd.read_parquet(f, columns=["query_id", "query", "product_id"])
+            hn = read_parquet(f, ["query_id", "query", "product_id"], "re-run hard_negative_mining.py")
             log.info("adding %s hard negatives from %s", f"{len(hn):,}", f)
             pairs = pd.concat([pairs, hn.assign(label=0.0, weight=1.0, neg_type="hard", stage=1, esci_label=None)],
                               ignore_index=True)

@@ -43,9 +43,10 @@ from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
 from train_parts import SELECT, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
-                   add_common_args, args_to_config, barrier, best_checkpoint, bf16_supported, get_device,
-                   hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint, load_catalog,
-                   load_prepared, log, run_cli, set_seed, stage_checkpoint, write_json)
+                   add_common_args, args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported,
+                   get_device, hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint,
+                   load_catalog, load_prepared, log, progress_path, require_writable, run_cli, set_seed,
+                   stage_checkpoint, write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 
@@ -89,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=NONNEG_FLOAT, default=0.01)
     p.add_argument("--max-grad-norm", type=POSITIVE_FLOAT, default=1.0)
     p.add_argument("--save-steps", type=NONNEG_INT, default=0, help="also checkpoint every N optimiser steps")
+    p.add_argument("--keep-checkpoints", type=NONNEG_INT, default=2,
+                   help="step_N.pt files kept (newest; each costs a full checkpoint's disk; 0 = keep all)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from last.pt (or the given checkpoint)")
     p.add_argument("--patience", type=NONNEG_INT, default=0, help="stop a stage after N epochs without improvement")
@@ -198,6 +201,9 @@ class Trainer:
         st = self._setup(stage, model)
         pos = {"stage": stage, "epoch": start_epoch + 1, "batch": 0, "step": 0}
         resumed = self._maybe_resume(stage, model, st["opt"], st["sched"], pos)
+        if is_main_process():  # only once the stage is set up: a run that fails before keeps the old record
+            write_json(self.ckdir / "train_config.json", {**args_to_config(a), "world_size": self.world,
+                                                          "precision": self.precision})
         if self.world > 1:
             for p in model.parameters():
                 dist.broadcast(p.data, 0)
@@ -407,7 +413,7 @@ class Trainer:
     def _save_state(self, model, st: dict, pos: dict, step_copy: bool = False) -> None:
         if is_main_process():
             save_train_state(self.ckdir, model, st["opt"], st["sched"], self.progress_record(pos),
-                             args_to_config(self.args), step_copy=step_copy)
+                             args_to_config(self.args), step_copy=step_copy, keep_steps=self.args.keep_checkpoints)
 
     def _maybe_resume(self, stage, model, opt, sched, pos) -> bool:
         a = self.args
@@ -421,9 +427,15 @@ class Trainer:
             return False
         state, prog = load_train_state(path)
         if prog.get("stage") != stage or prog.get("stage_done") == stage:
+            if a.resume != "auto":  # main() answers a finished stage; this is another stage's state
+                raise UserError(f"--resume {path} holds the state of stage {prog.get('stage')}, not stage {stage}; "
+                                f"resume with --stage {prog.get('stage')} or drop --resume")
             return False
         saved = TwoTowerModel.config_class.from_dict(state["config"])  # no second model is built
-        model.check_compatible(saved.base_model, saved.embedding_dim, source=str(path))
+        if saved.embedding_dim != model.config.embedding_dim or saved.base_model != model.config.base_model:
+            raise UserError(f"{path} holds a {saved.embedding_dim}-dimension model on {saved.base_model!r}, but "
+                            f"this stage builds a {model.config.embedding_dim}-dimension model on "
+                            f"{model.config.base_model!r}; resume with the same model options or drop --resume")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -434,12 +446,30 @@ class Trainer:
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         pos.update({k: prog[k] for k in ("epoch", "batch", "step")})
+        self._trim_log(stage, pos["step"])
         self.best = prog.get("best", self.best)
         self.history = list(prog.get("history", []))
         self.results = list(prog.get("stages", []))
         log.info("resumed stage %d from %s at epoch %d, batch %d, step %d", stage, path, pos["epoch"],
                  pos["batch"], pos["step"])
         return True
+
+    def _trim_log(self, stage: int, step: int) -> None:
+        """Drop the step lines a killed run logged after the state it resumes from (they are
+        trained again), so train_log.jsonl has each (stage, step) once."""
+        f = self.ckdir / "train_log.jsonl"
+        if not is_main_process() or not f.is_file():
+            return
+        keep = []
+        for line in f.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if rec.get("stage", 0) < stage or (rec.get("stage") == stage and rec.get("step", 0) <= step):
+                keep.append(line)
+        with atomic_path(f) as tmp:
+            tmp.write_text("".join(x + "\n" for x in keep))
 
     def _log_step(self, rec: dict) -> None:
         if not is_main_process():
@@ -461,6 +491,19 @@ class Trainer:
                     self.tb.add_scalar(f"train/{k}", v, rec["step"])
 
 
+def resume_source_done(args: argparse.Namespace) -> Path | None:
+    """The --resume source when it records args.stage as finished (a no-op run), else None."""
+    if not args.resume:
+        return None
+    if args.resume == "auto":
+        return progress_path(args.checkpoint_dir) if stage_done(args.checkpoint_dir, args.stage) else None
+    path = Path(args.resume)
+    if not path.is_file():
+        raise UserError(f"--resume: checkpoint not found: {path}")
+    _, prog = load_train_state(path)
+    return path if prog.get("stage_done") == args.stage else None
+
+
 def main(args: argparse.Namespace) -> dict:
     rank, world = init_distributed()
     set_seed(args.seed + rank)
@@ -469,13 +512,12 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     trainer = Trainer(args, rank, world)
     stage = args.stage
-    if args.resume and stage_done(args.checkpoint_dir, stage):
-        log.info("stage %d already complete, nothing to resume (--resume)", stage)
+    done_in = resume_source_done(args)
+    if done_in:
+        log.info("stage %d is already complete in %s: nothing to resume, nothing changed (--resume)", stage, done_in)
         return {"stages": [], "skipped": stage}
     if is_main_process():
-        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_json(args.checkpoint_dir / "train_config.json", {**args_to_config(args), "world_size": world,
-                                                                "precision": trainer.precision})
+        require_writable(args.checkpoint_dir, "--checkpoint-dir")
     trainer.continue_from(stage)
     trainer.run_stage(stage)
     metrics = {"stages": trainer.results, "best": trainer.best, "history": trainer.history, "world_size": world,

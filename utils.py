@@ -250,13 +250,46 @@ def bf16_supported(device) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Atomic writes: a temporary name in the same directory, renamed into place on success only
 # ---------------------------------------------------------------------------------------------
+def tmp_prefix(path: str | os.PathLike) -> str:
+    """Name prefix of this suite's temporary files and directories for `path`: hidden, with the
+    writing process id, so `remove_stale_tmp` can tell an orphan from a write in progress."""
+    return f".{Path(path).name}.pid{os.getpid()}."
+
+
+_TMP_RE = re.compile(r"^\..+\.pid(\d+)\..*\.tmp$")
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files/directories this suite left in `directory` when a process was
+    killed mid-write (names from `tmp_prefix` whose process no longer runs). Returns them."""
+    import shutil
+    gone = []
+    for f in Path(directory).glob(".*.tmp"):
+        m = _TMP_RE.match(f.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # its writer is alive (maybe another run): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+        gone.append(f)
+    if gone:
+        log.info("removed %d temporary file(s) left by an interrupted run in %s", len(gone), directory)
+    return gone
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it to `path` if the block succeeds,
     delete it if the block raises. Readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -426,13 +459,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None,
+                 hint: str = "re-run the step that wrote it"):
+    """pandas.read_parquet with one clear error for a corrupt or truncated file or a missing column."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    path = Path(path)
+    try:
+        names = pq.read_schema(path).names
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path} ({hint})") from None
+    except Exception as e:  # truncated, not parquet, unreadable
+        raise UserError(f"cannot read {path} as parquet ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        f"the file is corrupt or truncated: {hint}") from None
+    missing = [c for c in columns or [] if c not in names]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(names)}); {hint}")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as e:  # a corrupt row group found while reading
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        f"the file is corrupt: {hint}") from None
+
+
+def require_writable(directory: str | os.PathLike, option: str) -> Path:
+    """Create `directory` if needed and prove it writable (before any heavy work), or raise one
+    line; also removes the temporary files interrupted runs left there (`remove_stale_tmp`)."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".write_test.", delete=True):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {d} ({option}): {e.strerror or e}; choose a writable directory") from None
+    remove_stale_tmp(d)
+    return d
+
+
 def load_prepared(data_dir: str | os.PathLike, name: str, columns: list[str] | None = None):
     """A table written by prepare_training_data.py (`products_clean`, `ground_truth`, ...), with
-    one clear error when it is missing."""
-    import pandas as pd
+    one clear error when it is missing, corrupt or lacks a column."""
     path = require_file(Path(data_dir) / f"{name}.parquet", name.replace("_", " "),
                         "run prepare_training_data.py first")
-    return pd.read_parquet(path, columns=columns)
+    return read_parquet(path, columns, "re-run prepare_training_data.py")
 
 
 def load_catalog(data_dir: str | os.PathLike, columns: tuple[str, ...] = ("product_id", "product_text")):

@@ -69,6 +69,59 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, tmp_path, tiny
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # the steps the killed run logged after its last saved state are trained again, but logged once
+    steps = [json.loads(x)["step"] for x in (ck / "train_log.jsonl").read_text().splitlines()]
+    ref_steps = [json.loads(x)["step"] for x in (ref / "train_log.jsonl").read_text().splitlines()]
+    assert steps == ref_steps
+    # only the newest --keep-checkpoints (default 2) step files stay
+    assert sorted(f.name for f in ck.glob("step_*.pt")) == sorted(f.name for f in ref.glob("step_*.pt"))
+    assert len(list(ref.glob("step_*.pt"))) == 2
+    assert json.loads((ck / "train_metrics.json").read_text())["best"] == \
+        json.loads((ref / "train_metrics.json").read_text())["best"]
+
+
+def _snapshot(d):
+    return {f.name: f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()}
+
+
+def test_resume_of_a_finished_stage_is_a_no_op_that_says_so(data_dir, tmp_path, tiny_encoder_dir, caplog):
+    import logging
+    caplog.set_level(logging.INFO)
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2")))
+    before = _snapshot(ck)
+    for resume in (["--resume"], ["--resume", str(ck / "last.pt")]):
+        caplog.clear()
+        m = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", *resume)))
+        assert m["skipped"] == 1 and "already complete" in caplog.text
+        assert _snapshot(ck) == before  # train_metrics.json, train_config.json, ... untouched
+    # another stage's state named explicitly is refused (it used to be ignored: a silent restart)
+    with pytest.raises(UserError, match="holds the state of stage 1, not stage 2"):
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--hard-negatives", "none",
+                                    "--resume", str(ck / "step_2.pt" if (ck / "step_2.pt").exists()
+                                                    else ck / "last.pt"))))
+
+
+def test_failed_run_keeps_the_previous_train_config(data_dir, tmp_path, tiny_encoder_dir):
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1")))
+    before = (ck / "train_config.json").read_text()
+    with pytest.raises(UserError):  # fails in set-up (no mined negatives), before any training
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--lr", "1e-3")))
+    assert (ck / "train_config.json").read_text() == before
+
+
+def test_orphaned_temporary_files_are_removed_at_start(data_dir, tmp_path, tiny_encoder_dir):
+    import os
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    dead = ck / ".last.pt.pid999999999.abc123.tmp"  # a write killed mid-way (no such process)
+    live = ck / f".last.pt.pid{os.getpid()}.def456.tmp"  # a write in progress (this process)
+    other = ck / ".notes.tmp"  # not ours
+    for f in (dead, live, other):
+        f.write_bytes(b"partial")
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1")))
+    assert not dead.exists() and live.exists() and other.exists()
 
 
 def test_stage_needs_previous_stage_and_hard_negatives(data_dir, tmp_path, tiny_encoder_dir):
@@ -191,7 +244,8 @@ def test_resume_from_another_model_is_refused(data_dir, tmp_path, tiny_encoder_d
     prog.update(stage=1, batch=1)
     last["progress"] = json.dumps(prog)
     torch.save(last, ck / "last.pt")
-    with pytest.raises(UserError, match="dimensions"):
+    # the sizes in the order the message names them (they used to be swapped)
+    with pytest.raises(UserError, match=r"holds a 32-dimension model .* but this stage builds a 8-dimension"):
         tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--resume",
                                     "--projection-dim", "8")))
 
