@@ -7,12 +7,14 @@ the command that builds it); data/ground_truth.parquet (split test)
 and data/products_clean.parquet. Every test query is retrieved from the whole catalog.
 Writes (--out-dir, default data/eval):
   report.json   {"baseline": {...}, "trained": {...}, "delta": {...}, "relative": {...}, "ci95": {...},
-                 "per_query": {...}, "speed": {...}}; metrics as flat numbers: recall@K, precision@K,
+                 "per_query": {...}, "speed": {...}, "files": {name: sha256}}; metrics as flat numbers: recall@K, precision@K,
                  ndcg@K (ESCI gains E 1, S 0.1, C 0.01), mrr, map, K = 1 5 10 20 50 100 200, and
                  kdd_task1_ndcg: the KDD Cup 2022 Task 1 number (each query's judged products
                  re-ranked by the model, nDCG with gains E 1, S 0.1, C 0.01, I 0, over all queries)
   report.md     comparison table; recall_at_k.png, ndcg10_per_query_delta.png
   baseline.run, trained.run (TREC, top 200), qrels.txt (E 3, S 2, C 1, I 0)
+report.json is written last and lists the other files with their sha256 (run_workflow.sh checks
+them): a run killed part-way leaves no report.json, so nothing reads a half-finished evaluation.
 
 Example (after the workflow's reindex step):
     python evaluate_trained_model.py --data-dir data --checkpoint checkpoints/best_model.pt
@@ -31,10 +33,12 @@ from embeddings import load_index, search
 from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
 from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
-                   add_comparison_args, args_to_config, atomic_path, eval_dir, get_device, index_dir,
-                   load_catalog, load_prepared, log, peak_rss_mb, require_writable, run_cli, write_json)
+                   add_comparison_args, args_to_config, atomic_path, eval_dir, file_sha256, get_device,
+                   index_dir, load_catalog, load_prepared, log, peak_rss_mb, require_writable, run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
+# written before report.json, which lists them with their sha256: report.json is the completion marker
+REPORT_FILES = ("baseline.run", "trained.run", "qrels.txt", "report.md", "recall_at_k.png", "ndcg10_per_query_delta.png")
 HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10", "kdd_task1_ndcg"]
 
 
@@ -192,7 +196,7 @@ def main(args: argparse.Namespace) -> dict:
     report["peak_rss_mb"] = round(peak_rss_mb())
     report["config"] = args_to_config(args)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
+    (out / "report.json").unlink(missing_ok=True)  # the completion marker goes first and comes back last
     for name, s in systems.items():
         _write_lines(out / f"{name}.run", trec_run_lines(s["run"], s["scores"], name))
     _write_lines(out / "qrels.txt", trec_qrels_lines(qrels))
@@ -200,6 +204,8 @@ def main(args: argparse.Namespace) -> dict:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(md)
     plot(report, d, out)
+    report["files"] = {f: file_sha256(out / f) for f in REPORT_FILES}
+    write_json(out / "report.json", report)
     print(md)
     return report
 

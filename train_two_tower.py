@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -141,9 +142,26 @@ class Trainer:
         """Carry best/history/results of the stages before `first_stage` (same checkpoint dir)."""
         prog = read_progress(self.ckdir)
         if first_stage > 1 and prog:
-            self.best = prog.get("best", self.best)
             self.history = [h for h in prog.get("history", []) if h.get("stage", 0) < first_stage]
             self.results = [r for r in prog.get("stages", []) if r.get("stage", 0) < first_stage]
+            self.best = prog.get("best", self.best)
+            if len(self.history) < len(prog.get("history", [])):
+                self._best_before(first_stage)
+
+    def _best_before(self, first_stage: int) -> None:
+        """A redo of stage `first_stage` starts from the best of the stages before it, not from the
+        best of the run it replaces: best_model.pt goes back to that earlier epoch's model."""
+        self.best = {"recall@10": -1.0, "score": None, "epoch": None}
+        for vm in self.history:
+            if better(vm, self.best, self.args.select):
+                self.best = self._best_record(vm)
+        src = self.ckdir / f"epoch_{self.best['epoch']}.pt"
+        if self.best["epoch"] is not None and src.is_file() and is_main_process():
+            with atomic_path(best_checkpoint(self.ckdir)) as tmp:
+                shutil.copyfile(src, tmp)
+            log.info("redoing stage %d: best_model.pt is again the stage-%s epoch-%s model (%s %.4f) until a "
+                     "redone stage beats it", first_stage, self.best["stage"], self.best["epoch"],
+                     self.args.select, self.best["score"])
 
     # -- model and data ------------------------------------------------------------------------
     def build_model(self, stage: int) -> tuple[TwoTowerModel, int]:
@@ -226,11 +244,22 @@ class Trainer:
             log.info("stage %d did not improve validation (%s); best_model.pt stays the stage-%s epoch-%s model",
                      stage, self.args.select, self.best.get("stage"), self.best.get("epoch"))
         self.results.append(result)
-        if is_main_process():
+        if is_main_process():  # the stage's model, then its metrics, then the record that it is done
             model.save(stage_checkpoint(self.ckdir, stage), extra={"progress": {"stage": stage, "epoch": epoch}})
+            write_json(self.ckdir / "train_metrics.json", self.metrics())
             self._save_state(model, st, {**pos, "stage_done": stage})
         barrier()
         return result
+
+    def _best_record(self, vm: dict) -> dict:
+        """What best/progress keep of the validation result `vm` that became the best."""
+        return {"recall@10": vm["recall@10"], "ndcg@10": vm["ndcg@10"], "val_loss": vm["val_loss"],
+                "score": SELECT[self.args.select](vm), "select": self.args.select, "epoch": vm["epoch"],
+                "stage": vm["stage"]}
+
+    def metrics(self) -> dict:
+        return {"stages": self.results, "best": self.best, "history": self.history, "world_size": self.world,
+                "precision": self.precision}
 
     def _setup(self, stage: int, model: TwoTowerModel) -> dict:
         """Data, token stores, masks, optimizer and schedule of a stage."""
@@ -307,9 +336,7 @@ class Trainer:
             if improved:
                 model.save(best_checkpoint(self.ckdir), extra=meta)
         if improved:
-            self.best = {"recall@10": vm["recall@10"], "ndcg@10": vm["ndcg@10"], "val_loss": vm["val_loss"],
-                         "score": SELECT[self.args.select](vm), "select": self.args.select, "epoch": epoch,
-                         "stage": stage}
+            self.best = self._best_record(vm)
         pos.update(epoch=epoch + 1, batch=0)
         self._save_state(model, st, pos)
         return improved
@@ -520,10 +547,8 @@ def main(args: argparse.Namespace) -> dict:
         require_writable(args.checkpoint_dir, "--checkpoint-dir")
     trainer.continue_from(stage)
     trainer.run_stage(stage)
-    metrics = {"stages": trainer.results, "best": trainer.best, "history": trainer.history, "world_size": world,
-               "precision": trainer.precision}
+    metrics = trainer.metrics()
     if is_main_process():
-        write_json(args.checkpoint_dir / "train_metrics.json", metrics)
         log.info("training done: best val %s %.4f (recall@10 %.4f; stage %s epoch %s)", args.select,
                  trainer.best["score"], trainer.best["recall@10"], trainer.best.get("stage"), trainer.best["epoch"])
     if world > 1:

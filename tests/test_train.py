@@ -353,3 +353,70 @@ def test_graded_mask_keeps_lower_grades_as_negatives():
     assert not g[0, 1] and g[1, 0]  # E row: S product is a negative; S row: E product masked
     assert p[0, 1] and p[1, 0]
     assert not g[2, :2].any() and not p[2, :2].any()  # another query's row: nothing masked off its diagonal
+
+
+def test_redo_of_stage2_starts_from_the_best_of_stage1(data_dir, tmp_path, tiny_encoder_dir):
+    """A finished stage-2 run that is redone must not compete with its own old result: the redo
+    starts from stage 1's best, and best_model.pt is the better of stage 1 and the redone stage 2."""
+    ck = tmp_path / "ck"
+    s2 = ["--stage", "2", "--hard-negatives", "none", "--max-steps", "2"]
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2")))
+    stage1_best = json.loads((ck / "train_metrics.json").read_text())["best"]
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *s2, "--lr", "1e-3")))
+    # the first stage-2 run is made unbeatable, as a lucky earlier run would be
+    pj = ck / "progress.json"
+    prog = json.loads(pj.read_text())
+    prog["best"] = {**prog["best"], "score": 99.0, "stage": 2, "epoch": prog["history"][-1]["epoch"]}
+    pj.write_text(json.dumps(prog))  # same token as last.pt: read_progress takes it
+    assert C.read_progress(ck)["best"]["score"] == 99.0
+    redo = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *s2, "--lr", "0")))  # lr 0: stage 2 = stage 1
+    assert redo["best"]["score"] < 99.0
+    assert [h["stage"] for h in redo["history"]] == [1, 2]  # the old stage-2 epoch is gone
+    best = torch.load(ck / "best_model.pt", weights_only=True)
+    if redo["best"]["stage"] == 1:
+        assert redo["best"] == stage1_best
+        src = ck / f"epoch_{stage1_best['epoch']}.pt"
+    else:
+        src = ck / "stage2.pt"
+    for k, v in torch.load(src, weights_only=True)["model"].items():
+        torch.testing.assert_close(best["model"][k], v, msg=k)
+
+
+@pytest.mark.parametrize("kill_after", ["stage_checkpoint", "metrics"])
+def test_kill_while_finishing_a_stage_then_resume_gives_the_same_result(data_dir, tmp_path, tiny_encoder_dir,
+                                                                        monkeypatch, kill_after):
+    """The end of a stage writes stage1.pt, train_metrics.json, then last.pt marked done; a kill
+    between any two leaves no stage marked done, and the resumed run ends with the same files."""
+    extra = ["--stage", "1", "--epochs", "2", "--lr", "1e-3"]
+    ref = tmp_path / "ref"
+    tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, *extra)))
+    ck = tmp_path / "ck"
+    real_write, real_save = tt.write_json, tt.Trainer._save_state
+
+    class Killed(BaseException):
+        pass
+
+    def write_json(path, obj):
+        real_write(path, obj)
+        if kill_after == "metrics" and path.name == "train_metrics.json":
+            raise Killed
+
+    def save_state(self, model, st, pos, **kw):
+        if pos.get("stage_done") and kill_after == "stage_checkpoint":
+            raise Killed
+        return real_save(self, model, st, pos, **kw)
+
+    monkeypatch.setattr(tt, "write_json", write_json)
+    monkeypatch.setattr(tt.Trainer, "_save_state", save_state)
+    with pytest.raises(Killed):
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *extra)))
+    monkeypatch.undo()
+    assert not C.stage_done(ck, 1)  # stage1.pt exists, but the stage is not recorded as done
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *extra, "--resume")))
+    assert C.stage_done(ck, 1)
+    for f in ("stage1.pt", "best_model.pt"):
+        a, b = _weights(ref / f), _weights(ck / f)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{f}:{k}")
+    ra, rb = (json.loads((d / "train_metrics.json").read_text()) for d in (ref, ck))
+    assert ra["best"] == rb["best"] and [h["epoch"] for h in ra["history"]] == [h["epoch"] for h in rb["history"]]
