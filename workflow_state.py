@@ -85,7 +85,7 @@ def decide(state_dir: Path, step: str, output: str, options: str, inputs: list[s
         if was != cur:
             what = "moved" if was[0] != cur[0] else ("missing" if cur[1] is None else "changed")
             return "run", f"input {cur[0]} {what} since the last run"
-    if old.get("key") != now["key"]:
+    if old.get("key") != now["key"]:  # e.g. an input added to or removed from the step
         return "run", "its inputs changed"
     if old.get("status") != "done":
         return "run", "the last run did not finish"
@@ -139,7 +139,7 @@ def sample_origin(raw_dir: Path, size: str, seed: int) -> tuple[str, str]:
     return "other", f"{raw_dir} holds the {m.get('size')} sample (seed {m.get('seed')}), not {size} (seed {seed})"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check")
@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("raw_dir", type=Path)
     o.add_argument("size")
     o.add_argument("seed", type=int)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(a: argparse.Namespace) -> int:
+    """Print the verdict (check, sample) or write the record (start, done) of one step."""
     if a.cmd == "check":
         verdict, why = decide(a.state_dir, a.step, a.output, a.options, a.inputs, a.force, tuple(a.pending))
         print(f"{verdict}\t{why}")
@@ -176,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(parse_args()))
