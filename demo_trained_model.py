@@ -26,7 +26,7 @@ import pandas as pd
 
 from embeddings import load_index
 from two_tower_model import TwoTowerModel
-from utils import (UserError, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
+from utils import (add_alias, UserError, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
                    int_range, load_catalog, load_prepared, log, run_cli)
 
 MAX_QUERY_CHARS = 500
@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="show the trained system only")
     p.add_argument("--query", action="append", default=None, help="answer this query and exit (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output, one JSON object per query")
-    p.add_argument("--k", type=int_range(1, 100), default=10)
+    p.add_argument("--top-k", type=int_range(1, 100), default=10, help="results shown per query")
+    add_alias(p, "--k", "--top-k")
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat")
     add_common_args(p, seed=False)
     return p.parse_args(argv)
@@ -90,7 +91,7 @@ class Demo:
         if not args.no_baseline:
             base = TwoTowerModel.from_pretrained(args.base_model).to(dev)
             self.systems.append(System("baseline", base, args.baseline_index_dir or index_dir(d, True), prod))
-        self.k, self.kind, self.json = args.k, args.index, args.json
+        self.k, self.kind, self.json = args.top_k, args.index, args.json
         self.last: dict | None = None
         self.startup_s = time.perf_counter() - t0
         for s in self.systems:  # warm-up: the first query is as fast as the rest

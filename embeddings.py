@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from utils import (UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json, read_parquet,
+from utils import (progress, UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json, read_parquet,
                    write_json, write_parquet)
 
 CHUNK = 8192
@@ -88,7 +87,7 @@ def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: i
             log.info("resuming catalog encode at row %d of %d", lo + done, hi)
     mm = _open(part, hi - lo, fp["dim"], "r+" if done else "w+")
     t0 = time.perf_counter()
-    bar = tqdm(total=hi - lo, initial=done, desc="encode catalog", unit="prod", disable=not show_progress or rank,
+    bar = progress(total=hi - lo, initial=done, desc="encode catalog", unit="prod", disable=not show_progress or rank,
                mininterval=2)
     for s in range(done, hi - lo, CHUNK):
         e = min(hi - lo, s + CHUNK)
@@ -139,7 +138,7 @@ def build_index(emb: np.ndarray, kind: str, hnsw_m: int = 32, ef_construction: i
             rng = np.random.default_rng(0)
             sample = emb[np.sort(rng.choice(len(emb), size=min(len(emb), 200_000), replace=False))]
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    for s in tqdm(range(0, len(emb), add_batch), desc=f"index {kind}", unit="batch", disable=len(emb) < 200_000):
+    for s in progress(range(0, len(emb), add_batch), desc=f"index {kind}", unit="batch", disable=len(emb) < 200_000):
         index.add(np.ascontiguousarray(emb[s:s + add_batch], dtype=np.float32))
     return index
 

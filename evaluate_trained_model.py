@@ -32,7 +32,7 @@ import pandas as pd
 from embeddings import load_index, search
 from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
-from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
+from utils import (refuse_overwrite, ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
                    add_comparison_args, args_to_config, atomic_path, eval_dir, file_sha256, get_device,
                    index_dir, load_catalog, load_prepared, log, peak_rss_mb, require_writable, run_cli, write_json)
 
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=POSITIVE_INT, default=2000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--latency-queries", type=NONNEG_INT, default=200, help="queries timed one by one")
     p.add_argument("--out-dir", type=Path, default=None, help="default: DATA_DIR/eval")
-    add_common_args(p)
+    add_common_args(p, overwrite="the report in --out-dir")
     return p.parse_args(argv)
 
 
@@ -154,7 +154,9 @@ def require_index(model_kind: str, args, index_dir: Path) -> Path:
 # Driver
 # ---------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict:
-    out = require_writable(args.out_dir or eval_dir(args.data_dir), "--out-dir")
+    out = args.out_dir or eval_dir(args.data_dir)
+    refuse_overwrite(args, out / "report.json", *(out / f for f in REPORT_FILES), option="--out-dir")
+    out = require_writable(out, "--out-dir")
     dev = get_device(args.device)
     gt = load_prepared(args.data_dir, "ground_truth")
     products = load_catalog(args.data_dir)

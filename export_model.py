@@ -34,7 +34,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from two_tower_model import Tower, TwoTowerModel
-from utils import (DEFAULT_DATA_DIR, UserError, add_common_args, eval_dir, file_sha256, log, read_json,
+from utils import (refuse_overwrite, DEFAULT_DATA_DIR, UserError, add_common_args, eval_dir, file_sha256, log, read_json,
                    require_writable, run_cli, setup_logging, tmp_prefix, write_json)
 
 
@@ -47,8 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="evaluation report for the model card (default: DATA_DIR/eval/report.json when present)")
     p.add_argument("--plain", action="store_true",
                    help="shared towers: one plain model even when the query and product max lengths differ")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
-    add_common_args(p, checkpoint_dir=False, seed=False)
+    add_common_args(p, checkpoint_dir=False, seed=False, overwrite="the --output directory")
     return p.parse_args(argv)
 
 
@@ -160,8 +159,7 @@ def _optional_json(path: Path | None) -> dict | None:
 def main(args: argparse.Namespace) -> Path:
     setup_logging(args.log_level)
     out: Path = args.output
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another --output")
+    refuse_overwrite(args, out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a directory; choose another --output")
     model = TwoTowerModel.from_pretrained(args.checkpoint)

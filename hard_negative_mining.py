@@ -9,7 +9,7 @@ by range, histogram of negative scores relative to the query's positive score).
 
 For each training query: retrieve the top --top-k of the catalog (exact inner product over the
 cached catalog embeddings, in query batches), drop every product judged E/S/C for the query, skip
-ranks before --skip-top, drop candidates scoring above (1 - --margin) x the mean score of the
+ranks before --skip-top, drop candidates scoring above (1 - --false-negative-margin) x the mean score of the
 query's judged positives (likely unjudged positives: false negatives), keep I-judged or unjudged
 products, and take the best --num-negatives. Deterministic for a given model and data.
 
@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from tqdm import tqdm
 
 from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer, UserError,
+from utils import (add_alias, refuse_overwrite, progress, DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer,
                    add_common_args, args_to_config, hard_negatives_path, is_main_process, load_catalog,
                    load_prepared, log, parquet_writer, peak_rss_mb, require_writable, run_cli, stage_checkpoint, write_json)
 
@@ -48,12 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=POSITIVE_INT, default=100, help="candidates retrieved per query")
     p.add_argument("--num-negatives", type=POSITIVE_INT, default=15, help="hard negatives kept per query")
     p.add_argument("--skip-top", type=NONNEG_INT, default=0, help="ignore the first N ranks (range start)")
-    p.add_argument("--margin", type=FRACTION, default=0.05,
-                   help="drop candidates scoring above (1 - margin) x the query's mean positive score")
+    p.add_argument("--false-negative-margin", type=FRACTION, default=0.05, metavar="M",
+                   help="drop candidates scoring above (1 - M) x the query's mean positive score (likely "
+                        "unjudged positives)")
+    add_alias(p, "--margin", "--false-negative-margin")
     p.add_argument("--round", type=POSITIVE_INT, default=None, help="mining round (default: from the checkpoint's stage)")
-    p.add_argument("--query-batch", type=POSITIVE_INT, default=1024)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    add_common_args(p)
+    p.add_argument("--query-batch-size", type=POSITIVE_INT, default=1024, help="queries per search batch")
+    add_alias(p, "--query-batch", "--query-batch-size")
+    add_common_args(p, overwrite="--output")
     return p.parse_args(argv)
 
 
@@ -62,7 +63,7 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
     """Per query: the kept (catalog row, score, rank) lists and drop counters."""
     drops = {"judged_positive": 0, "margin": 0, "range": 0, "beyond_num_negatives": 0}
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
-    for s in tqdm(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
+    for s in progress(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
         scores, rows = search(index, q_emb[s:s + batch], top_k, batch)
         for j in range(len(rows)):
             qi = s + j
@@ -89,9 +90,7 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
 
 def main(args: argparse.Namespace) -> dict:
     out = args.output or hard_negatives_path(args.data_dir, 2)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists (a mining round is never overwritten silently); pass --overwrite or "
-                        f"choose another --output, e.g. {out.with_name(out.stem + '_round2.parquet')}")
+    refuse_overwrite(args, out)
     if is_main_process():  # before the catalog encode, not after it
         require_writable(out.parent, "--output")
         require_writable(args.data_dir, "--data-dir (embedding cache)")
@@ -100,7 +99,7 @@ def main(args: argparse.Namespace) -> dict:
         products = load_catalog(args.data_dir)
         queries = load_prepared(args.data_dir, "training_pairs", ["query_id", "query"]).drop_duplicates("query_id")
         gt = load_prepared(args.data_dir, "ground_truth")
-        emb, _ = catalog_embeddings(model, products, args.data_dir, batch_size=args.batch_size)
+        emb, _ = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size)
         if not is_main_process():
             return {}
         cat_ids = products["product_id"].to_numpy()
@@ -122,7 +121,7 @@ def main(args: argparse.Namespace) -> dict:
         pos_score[mean.index.to_numpy()] = mean.to_numpy()
         index = build_index(emb, "flat")
         kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
-                                        args.num_negatives, args.skip_top, args.margin, args.query_batch)
+                                        args.num_negatives, args.skip_top, args.false_negative_margin, args.query_batch_size)
         labels = gt.set_index(["query_id", "product_id"])["esci_label"]
         key = pd.MultiIndex.from_arrays([qids[kq], cat_ids[kr]])
         esci = labels.reindex(key).to_numpy()

@@ -34,9 +34,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE,
+from utils import (SAMPLE_SEED, old_version_option, refuse_overwrite, progress, ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE,
                    POSITIVE_WEIGHTS, PRODUCTS_FILE, Timer, UserError, add_common_args, args_to_config,
                    build_product_text, float_range, log, parquet_writer, peak_rss_mb, require_file, require_writable, run_cli,
                    write_json, write_parquet)
@@ -76,7 +75,7 @@ def load_examples(path: Path, locale: str, version: str, stats: dict) -> pd.Data
     df = df[df[f"{version}_version"] == 1]
     stats["dropped"]["examples_not_in_version"] = before - len(df)
     if df.empty:
-        raise UserError(f"{path}: no '{locale}' examples have {version}_version == 1; try --version large")
+        raise UserError(f"{path}: no '{locale}' examples have {version}_version == 1; try --esci-version large")
     labels = df["esci_label"].astype(object).where(df["esci_label"].notna(), "<missing>")
     bad = labels[~labels.isin(ESCI_LABELS)].value_counts()
     if len(bad):
@@ -120,7 +119,7 @@ def load_products(path: Path, locale: str, stats: dict) -> pd.DataFrame:
         raise UserError(f"{path}: {int(df.loc[dup, 'product_id'].nunique())} product_id value(s) appear more "
                         f"than once in locale '{locale}' (e.g. {', '.join(map(str, ex))}); deduplicate the file")
     texts = [build_product_text(t, b, c, bl) for t, b, c, bl in
-             tqdm(zip(df["product_title"], df["product_brand"], df["product_color"], df["product_bullet_point"]),
+             progress(zip(df["product_title"], df["product_brand"], df["product_color"], df["product_bullet_point"]),
                   total=len(df), desc="product text", unit="prod", mininterval=2, disable=len(df) < 100_000)]
     df = df.drop(columns=["product_bullet_point", "product_locale"]).assign(product_text=texts)
     empty = df["product_text"] == ""
@@ -250,6 +249,10 @@ def pair_stats(pairs: pd.DataFrame) -> dict:
     return out
 
 
+# what prepare writes into --data-dir (besides prepare_stats.json / prepare_config.json)
+PREPARED_FILES = ("products_clean", "training_pairs", "val_pairs", "test_pairs", "ground_truth")
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +263,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="directory holding the two ESCI parquet files (default: data/raw)")
     p.add_argument("--make-sample", choices=["tiny", "small", "full"], default=None,
                    help="first write the built-in sample catalog of this size into --raw-dir")
+    p.add_argument("--sample-seed", type=int, default=SAMPLE_SEED,
+                   help=f"which sample catalog --make-sample builds (default: {SAMPLE_SEED}, as sample_catalog.py)")
     p.add_argument("--locale", default="us", help="product_locale to keep (default: us)")
-    p.add_argument("--version", choices=["small", "large"], default="large",
+    p.add_argument("--esci-version", choices=["small", "large"], default="large",
                    help="ESCI dataset version: small = the reduced task-1 set, large = all (default)")
     p.add_argument("--neg-ratio", type=NONNEG_INT, default=2, help="random negatives per positive (default: 2)")
     p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="fraction of train queries for validation")
@@ -270,8 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "queries to test and the rest to train/val (for small extracts; default: ESCI's split)")
     p.add_argument("--max-bad-fraction", type=float_range(0.0, 1.0), default=0.05,
                    help="fail when more than this fraction of rows is unusable (default: 0.05)")
-    add_common_args(p)
-    args = p.parse_args(argv)
+    add_common_args(p, overwrite="the prepared files in --data-dir (and, with --make-sample, the raw files)")
+    args = p.parse_args(old_version_option(argv, "--esci-version", ("small", "large")))
     return args
 
 
@@ -279,13 +284,14 @@ def main(args: argparse.Namespace) -> dict:
     with Timer() as total:
         if args.make_sample:
             from sample_catalog import make_sample_catalog
-            make_sample_catalog(args.raw_dir, args.make_sample, seed=args.seed)
+            make_sample_catalog(args.raw_dir, args.make_sample, seed=args.sample_seed, overwrite=args.overwrite)
+        refuse_overwrite(args, *(args.data_dir / f"{n}.parquet" for n in PREPARED_FILES), option="--data-dir")
         require_writable(args.data_dir, "--data-dir")
         hint = f"download ESCI from {ESCI_URL} into --raw-dir, or run with --make-sample small"
         ex_path = require_file(args.raw_dir / EXAMPLES_FILE, "ESCI examples file", hint)
         pr_path = require_file(args.raw_dir / PRODUCTS_FILE, "ESCI products file", hint)
         stats: dict = {"dropped": {}}
-        examples = load_examples(ex_path, args.locale, args.version, stats)
+        examples = load_examples(ex_path, args.locale, args.esci_version, stats)
         products = load_products(pr_path, args.locale, stats)
         _check_fraction(stats["dropped"]["products_empty_text"], stats["products_read"], args.max_bad_fraction,
                         f"{pr_path}: products with no title or bullet text", "check the product_title column")
@@ -317,7 +323,7 @@ def main(args: argparse.Namespace) -> dict:
         write_parquet(out / "ground_truth.parquet",
                       examples[["query_id", "query", "product_id", "esci_label", "split"]])
     stats.update({
-        "locale": args.locale, "version": args.version, "resplit_queries": args.resplit_queries, "catalog_products": len(products),
+        "locale": args.locale, "version": args.esci_version, "resplit_queries": args.resplit_queries, "catalog_products": len(products),
         "examples_used": len(examples), "queries": {k: int(v) for k, v in
                                                    examples.groupby("split")["query_id"].nunique().items()},
         "labels": {k: int(v) for k, v in examples["esci_label"].value_counts().sort_index().items()},

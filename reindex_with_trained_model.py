@@ -2,7 +2,7 @@
 
 Reads: --checkpoint (default checkpoints/best_model.pt) or, with --baseline, the pretrained base
 model; data/products_clean.parquet; data/val_pairs queries (for the HNSW recall report).
-Writes (--index-dir; default data/indices, or data/indices_baseline with --baseline):
+Writes (--out-dir, refused when it holds indices unless --overwrite; default data/indices, or data/indices_baseline with --baseline):
   faiss_index_flat.bin   exact inner product (cosine on normalised embeddings)
   faiss_index_hnsw.bin   HNSW (--hnsw-m, --ef-construction, --ef-search)
   faiss_index_custom.bin with --index-factory (e.g. "IVF4096,PQ48" for very large catalogs)
@@ -27,7 +27,7 @@ import numpy as np
 
 from embeddings import build_index, catalog_embeddings, save_index_meta, search, write_index
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_common_args, args_to_config,
+from utils import (add_alias, refuse_overwrite, DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_common_args, args_to_config,
                    best_checkpoint, index_dir as default_index_dir, init_distributed, int_range,
                    is_main_process, load_catalog, log, read_parquet, require_writable, run_cli)
 
@@ -36,15 +36,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source_args(p, best_checkpoint(DEFAULT_CHECKPOINT_DIR))
-    p.add_argument("--index-dir", type=Path, default=None,
-                   help="output directory (default: DATA_DIR/indices, or DATA_DIR/indices_baseline)")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="output directory of the indices (default: DATA_DIR/indices, or DATA_DIR/indices_baseline "
+                        "with --baseline); later phases read it as --index-dir")
+    add_alias(p, "--index-dir", "--out-dir")
     p.add_argument("--hnsw-m", type=int_range(2), default=32)
     p.add_argument("--ef-construction", type=POSITIVE_INT, default=200)
     p.add_argument("--ef-search", type=POSITIVE_INT, default=128)
     p.add_argument("--no-hnsw", action="store_true", help="build the Flat index only")
     p.add_argument("--index-factory", default=None, help="also build a faiss index_factory index")
     p.add_argument("--report-queries", type=NONNEG_INT, default=2000, help="queries for the HNSW-vs-Flat report")
-    add_common_args(p)
+    add_common_args(p, overwrite="the indices in --out-dir")
     return p.parse_args(argv)
 
 
@@ -67,14 +69,15 @@ def recall_vs_flat(flat, other, queries: np.ndarray, ks=(10, 100)) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     init_distributed()
-    index_dir = args.index_dir or default_index_dir(args.data_dir, args.baseline)
+    index_dir = args.out_dir or default_index_dir(args.data_dir, args.baseline)
     if is_main_process():  # before the catalog encode, not after it
-        require_writable(index_dir, "--index-dir")
+        refuse_overwrite(args, index_dir / "faiss_index_flat.bin", index_dir / "metadata.json", option="--out-dir")
+        require_writable(index_dir, "--out-dir")
         require_writable(args.data_dir, "--data-dir (embedding cache)")
     model, info = load_model_from_args(args)
     products = load_catalog(args.data_dir)
     with Timer() as t_enc:
-        emb, emb_meta = catalog_embeddings(model, products, args.data_dir, batch_size=args.batch_size)
+        emb, emb_meta = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size)
     if not is_main_process():
         return {}
     meta = {"model": info, "model_fingerprint": info["fingerprint"],

@@ -9,7 +9,8 @@
 #   bash run_workflow.sh --from stage2      redo stage2 and every step after it
 #   bash run_workflow.sh --raw-dir ../shared/real_esci --resplit-queries 0.5   a small extract, re-split by query hash
 #   options: --size tiny|small|full  --data-dir DIR  --checkpoint-dir DIR  --resplit-queries F
-#            --only STEP  --to STEP  --force (redo the selected steps)  -- EXTRA_TRAIN_FLAGS...
+#            --only STEP  --to STEP  --force (redo the selected steps)  --quiet (no progress bars)
+#            --version  -- EXTRA_TRAIN_FLAGS...
 #
 # A step is up to date when its output exists and the record of its last finished run
 # (DATA_DIR/workflow_state/STEP.json) has the same options and the same input files (path, size,
@@ -20,8 +21,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
-RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" ONLY="" TO="" FORCE_ALL=0 DRY=0 FAST=0 EXTRA=() PREP=()
-SAMPLE_SEED=0
+RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" ONLY="" TO="" FORCE_ALL=0 DRY=0 FAST=0 EXTRA=() PREP=() QUIET=()
+SAMPLE_SEED=0  # = utils.SAMPLE_SEED, the sample catalog sample_catalog.py and prepare --make-sample build by default
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,6 +37,8 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1; shift ;;
     --resplit-queries) PREP+=(--resplit-queries "$2"); shift 2 ;;
     --fast) FAST=1; SIZE=tiny; shift ;;
+    --quiet) QUIET=(--quiet); shift ;;
+    --version) $PY utils.py version; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_workflow.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -99,7 +102,7 @@ step() {  # step NAME OUTPUT INPUTS... -- CMD...: run CMD unless up to date; sto
   RESUME=0; [ "$verdict" = resume ] && RESUME=1
   $PY workflow_state.py start --options="$opts" "$STATE" "$name" "${inputs[@]+"${inputs[@]}"}"
   local t0=$SECONDS rc=0
-  "$@" || rc=$?
+  "$@" --overwrite "${QUIET[@]+"${QUIET[@]}"}" || rc=$?  # the workflow decided this step runs: it replaces the step's old outputs
   if [ "$rc" != 0 ]; then
     echo "run_workflow.sh: step '$name' failed (exit $rc); fix it and rerun (finished steps are kept)" >&2; exit 1
   fi
@@ -107,9 +110,9 @@ step() {  # step NAME OUTPUT INPUTS... -- CMD...: run CMD unless up to date; sto
   echo "=== [$name] done in $((SECONDS - t0))s" >&2
 }
 train_stage() {  # resume only a stage whose earlier run with the same inputs was interrupted
-  local s=$1 resume=()
+  local s=$1 resume=(); shift
   [ "$RESUME" = 1 ] && [ -e "$LAST" ] && resume=(--resume)
-  $PY train_two_tower.py --stage "$s" --data-dir "$DATA" --checkpoint-dir "$CK" "${resume[@]+"${resume[@]}"}" "${TRAIN[@]}"
+  $PY train_two_tower.py --stage "$s" --data-dir "$DATA" --checkpoint-dir "$CK" "${resume[@]+"${resume[@]}"}" "${TRAIN[@]}" "$@"
 }
 
 T0=$SECONDS
@@ -118,29 +121,29 @@ if [ -z "$RAW_DIR" ]; then
   if [ "$origin" = foreign ]; then echo "run_workflow.sh: $why" >&2; exit 2; fi
   [ "$origin" = other ] && STEP_FORCE=$why
   if [ "$origin" = ours ] && [ ! -e "$STATE/sample.json" ] && [ "$DRY" = 0 ]; then  # made before records existed
-    $PY workflow_state.py start --options="sample_catalog.py --size $SIZE --seed $SAMPLE_SEED --raw-dir $RAW" "$STATE" sample
+    $PY workflow_state.py start --options="sample_catalog.py --size $SIZE --sample-seed $SAMPLE_SEED --raw-dir $RAW" "$STATE" sample
     $PY workflow_state.py done "$STATE" sample
   fi
   step sample "$RAW/shopping_queries_dataset_examples.parquet" -- \
-    $PY sample_catalog.py --size "$SIZE" --seed "$SAMPLE_SEED" --raw-dir "$RAW"
+    $PY sample_catalog.py --size "$SIZE" --sample-seed "$SAMPLE_SEED" --raw-dir "$RAW"
   STEP_FORCE=""
 fi
 step prepare "$DATA/prepare_stats.json" "$RAW/shopping_queries_dataset_examples.parquet" \
   "$RAW/shopping_queries_dataset_products.parquet" -- \
   $PY prepare_training_data.py --raw-dir "$RAW" --data-dir "$DATA" "${PREP[@]+"${PREP[@]}"}"
 step baseline_index "$INDICES_BASELINE/metadata.json" "$DATA/products_clean.parquet" -- \
-  $PY reindex_with_trained_model.py --baseline --data-dir "$DATA" --index-dir "$INDICES_BASELINE"
+  $PY reindex_with_trained_model.py --baseline --data-dir "$DATA" --out-dir "$INDICES_BASELINE"
 step stage1 "$STAGE1" "$DATA/training_pairs.parquet" "$DATA/val_pairs.parquet" "$DATA/products_clean.parquet" \
   "$DATA/ground_truth.parquet" -- train_stage 1
 step mine1 "$HN2" "$STAGE1" -- \
-  $PY hard_negative_mining.py --checkpoint "$STAGE1" --data-dir "$DATA" --output "$HN2" --overwrite
+  $PY hard_negative_mining.py --checkpoint "$STAGE1" --data-dir "$DATA" --output "$HN2"
 step stage2 "$STAGE2" "$STAGE1" "$HN2" -- train_stage 2
 step mine2 "$HN3" "$STAGE2" -- \
-  $PY hard_negative_mining.py --checkpoint "$STAGE2" --data-dir "$DATA" --output "$HN3" --overwrite
+  $PY hard_negative_mining.py --checkpoint "$STAGE2" --data-dir "$DATA" --output "$HN3"
 step stage3 "$STAGE3" "$STAGE2" "$HN3" -- train_stage 3
 # best_model.pt is what gets indexed: the index and the report are checked against it
 step reindex "$INDICES/metadata.json" "$BEST" "$DATA/products_clean.parquet" -- \
-  $PY reindex_with_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --index-dir "$INDICES"
+  $PY reindex_with_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --out-dir "$INDICES"
 step evaluate "$EVAL/report.json" "$BEST" "$INDICES/metadata.json" "$INDICES_BASELINE/metadata.json" -- \
   $PY evaluate_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --out-dir "$EVAL"
 if [ "$DRY" = 1 ]; then

@@ -6,9 +6,10 @@ Writes, into --raw-dir, exactly the two ESCI files with the ESCI schemas:
   shopping_queries_dataset_products.parquet  (product_id, product_title, product_description,
                                                product_bullet_point, product_brand, product_color,
                                                product_locale)
-plus sample_catalog.json (size, seed, counts, label mix).
+plus sample_catalog.json (size, seed, counts, label mix). Existing raw files are replaced only
+with --overwrite.
 
-Products come in families (one model in several colours / sizes / pack counts) of 28 product
+Products come in families (one model in several colours / sizes / pack counts) of 32 product
 types with brands, colours, sizes or capacities, pack counts, model numbers and optional features.
 Queries are made from a seed product and show what real ESCI queries show: generic type queries,
 brand + type, attribute constraints ("size 10", "24 pack", "110 cfm"), negations ("without light"),
@@ -30,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from sample_vocab import (ADJ, COLORS, DESCRIPTIONS, GENERIC_BULLETS, QUERY_MODS, TYPES, TYPE_INDEX)
-from utils import (EXAMPLES_FILE, POSITIVE_INT, PRODUCTS_FILE, Timer, add_common_args, log, parquet_writer,
+from utils import (SAMPLE_SEED, UserError, add_alias, progress, EXAMPLES_FILE, POSITIVE_INT, PRODUCTS_FILE, Timer, add_common_args, log, parquet_writer,
                    run_cli, write_json)
 
 SIZES = {
@@ -352,22 +352,26 @@ EXAMPLES_SCHEMA = pa.schema([("example_id", pa.int64()), ("query", pa.string()),
                              ("large_version", pa.int64()), ("split", pa.string())])
 
 
-def make_sample_catalog(raw_dir: Path, size: str = "small", seed: int = 0, chunk: int = 100_000,
-                        n_products: int | None = None, n_queries: int | None = None) -> dict:
-    """Write the two ESCI parquet files for the chosen size into raw_dir; return the summary."""
+def make_sample_catalog(raw_dir: Path, size: str = "small", seed: int = SAMPLE_SEED, chunk: int = 100_000,
+                        n_products: int | None = None, n_queries: int | None = None, overwrite: bool = True) -> dict:
+    """Write the two ESCI parquet files for the chosen size into raw_dir; return the summary.
+    With overwrite=False (the scripts without --overwrite) existing raw files are an error."""
     spec = dict(SIZES[size])
     if n_products:
         spec["n_products"] = n_products
     if n_queries:
         spec["n_queries"] = n_queries
     raw_dir = Path(raw_dir)
+    existing = [raw_dir / n for n in (EXAMPLES_FILE, PRODUCTS_FILE) if (raw_dir / n).exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} exists; pass --overwrite to replace the raw files, or choose another --raw-dir")
     raw_dir.mkdir(parents=True, exist_ok=True)
     with Timer() as tm:
         cat = Catalog(spec["n_products"], seed)
         rng = np.random.default_rng(seed + 1)
         show = spec["n_products"] >= 200_000
         with parquet_writer(raw_dir / PRODUCTS_FILE, PRODUCTS_SCHEMA) as w:
-            for s in tqdm(range(0, cat.n, chunk), desc="products", unit="chunk", disable=not show):
+            for s in progress(range(0, cat.n, chunk), desc="products", unit="chunk", disable=not show):
                 cols = cat.render_chunk(s, min(cat.n, s + chunk), rng)
                 w.write_table(pa.Table.from_pydict(cols, schema=PRODUCTS_SCHEMA))
         qrng = np.random.default_rng(seed + 2)
@@ -375,7 +379,7 @@ def make_sample_catalog(raw_dir: Path, size: str = "small", seed: int = 0, chunk
         # text is one query with one id and one split, as in ESCI); ~70/30 train/test by query
         label_counts = {k: 0 for k in "ESCI"}
         example_id, seen_q = 0, {}
-        bar = tqdm(total=spec["n_queries"], desc="queries", unit="q", disable=not show)
+        bar = progress(total=spec["n_queries"], desc="queries", unit="q", disable=not show)
         with parquet_writer(raw_dir / EXAMPLES_FILE, EXAMPLES_SCHEMA) as w:
             buf: dict[str, list] = {f.name: [] for f in EXAMPLES_SCHEMA}
             for attempt in range(20 * spec["n_queries"]):
@@ -422,14 +426,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--raw-dir", type=Path, default=Path("data/raw"))
     p.add_argument("--n-products", type=POSITIVE_INT, default=None, help="override the size's product count")
     p.add_argument("--n-queries", type=POSITIVE_INT, default=None, help="override the size's query count")
-    add_common_args(p, data_dir=False)
-    p.set_defaults(seed=0)
+    p.add_argument("--sample-seed", type=int, default=SAMPLE_SEED,
+                   help=f"which sample catalog to build (default: {SAMPLE_SEED}; prepare --make-sample and "
+                        "run_workflow.sh build the same one)")
+    add_alias(p, "--seed", "--sample-seed")
+    add_common_args(p, data_dir=False, seed=False, overwrite="the two raw files in --raw-dir")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    return make_sample_catalog(args.raw_dir, args.size, args.seed,
-                               n_products=args.n_products, n_queries=args.n_queries)
+    return make_sample_catalog(args.raw_dir, args.size, args.sample_seed, n_products=args.n_products,
+                               n_queries=args.n_queries, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Vocabulary of the built-in sample catalog: colours, the 28 product types (names, aliases, brands,
+"""Vocabulary of the built-in sample catalog: colours, the 32 product types (names, aliases, brands,
 attributes, packs, features, substitutes and complements), adjectives, bullets, descriptions and
 query modifiers. Pure data, used by sample_catalog.py.
 """

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 import losses as L
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, stage_done
@@ -43,7 +42,7 @@ from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
 from train_parts import SELECT, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
-from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
+from utils import (progress, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
                    add_common_args, args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported,
                    get_device, hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint,
                    load_catalog, load_prepared, log, progress_path, require_writable, run_cli, set_seed,
@@ -104,10 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "the validation queries' judged products for validation retrieval")
     p.add_argument("--val-batches", type=NONNEG_INT, default=20, help="batches for the validation loss")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tensorboard", type=Path, default=None, help="also log scalars to this TensorBoard dir")
+    p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="also log scalars to this TensorBoard dir (needs: pip install -r requirements-tensorboard.txt)")
     p.add_argument("--init-checkpoint", type=Path, default=None, help="start stage 1 from this checkpoint")
     add_model_args(p)
-    add_common_args(p, checkpoint_dir=True)
+    add_common_args(p, checkpoint_dir=True,
+                    overwrite="this stage's finished checkpoint (stageN.pt) or an interrupted run of it")
     args = p.parse_args(argv)
     if args.loss == "triplet" and args.negatives < 1:
         p.error("--loss triplet needs explicit negatives: --negatives 1 or more")
@@ -178,6 +179,9 @@ class Trainer:
                                 f"exist; run train_two_tower.py --stage {stage - 1} first")
             model = TwoTowerModel.from_pretrained(prev)
             start_epoch = int(model.progress.get("epoch", 0))
+            for flag, (given, kept) in ignored_model_flags(a, model.config).items():
+                log.warning("%s %s is ignored at stage %d: the model is rebuilt from %s, which has %s", flag, given,
+                            stage, prev.name, kept)
         return model.to(self.device), start_epoch
 
     def data_for(self, stage: int, split: str) -> StageData:
@@ -298,7 +302,7 @@ class Trainer:
         """Batches start.. of one epoch: forward, backward, an optimizer step every --grad-accum batches."""
         a = self.args
         model.train()
-        bar = tqdm(total=len(batches), initial=start, desc=f"stage {st['stage']} epoch {epoch}", unit="batch",
+        bar = progress(total=len(batches), initial=start, desc=f"stage {st['stage']} epoch {epoch}", unit="batch",
                    disable=not is_main_process(), mininterval=5)
         for bi in range(start, len(batches)):
             if pos["step"] >= st["total"]:
@@ -505,11 +509,8 @@ class Trainer:
             self.ckdir.mkdir(parents=True, exist_ok=True)
             self.log_file = open(self.ckdir / "train_log.jsonl", "a")
             if self.args.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                    self.tb = SummaryWriter(str(self.args.tensorboard))
-                except ImportError:
-                    log.warning("--tensorboard needs the tensorboard package (pip install tensorboard)")
+                from torch.utils.tensorboard import SummaryWriter  # present: checked by require_tensorboard
+                self.tb = SummaryWriter(str(self.args.tensorboard))
         self.log_file.write(json.dumps(rec) + "\n")
         self.log_file.flush()
         if self.tb:
@@ -531,6 +532,41 @@ def resume_source_done(args: argparse.Namespace) -> Path | None:
     return path if prog.get("stage_done") == args.stage else None
 
 
+def ignored_model_flags(args: argparse.Namespace, config) -> dict[str, tuple]:
+    """Architecture flags given on a stage 2/3 command line that differ from the checkpoint the
+    stage continues (the checkpoint wins: only stage 1, or --init-checkpoint, builds a model)."""
+    defaults = parse_args(["--stage", "1"])
+    given = {"base_model": args.base_model, **model_overrides(args)}
+    out = {}
+    for k, v in given.items():
+        if v != getattr(defaults, k) and v != getattr(config, k):
+            out["--" + k.replace("_", "-")] = (v, getattr(config, k))
+    return out
+
+
+def require_tensorboard(args: argparse.Namespace) -> None:
+    """--tensorboard's optional dependency, checked before any work rather than after the first epoch."""
+    import importlib.util
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard needs the tensorboard package, an optional extra: "
+                        "pip install -r requirements-tensorboard.txt (or drop --tensorboard)")
+
+
+def refuse_retraining(args: argparse.Namespace) -> None:
+    """The suite's overwrite policy for training: without --resume, a finished stage (stageN.pt) or
+    an interrupted run of it in last.pt is replaced only with --overwrite."""
+    if args.resume or args.overwrite:
+        return
+    done = stage_checkpoint(args.checkpoint_dir, args.stage)
+    if done.is_file():
+        raise UserError(f"{done} exists (stage {args.stage} finished); pass --overwrite to train the stage again "
+                        f"and replace it, or choose another --checkpoint-dir")
+    prog = read_progress(args.checkpoint_dir)
+    if prog.get("stage") == args.stage and prog.get("stage_done") != args.stage:
+        raise UserError(f"{args.checkpoint_dir / 'last.pt'} holds an interrupted stage-{args.stage} run; pass "
+                        f"--resume to continue it, or --overwrite to start the stage again")
+
+
 def main(args: argparse.Namespace) -> dict:
     rank, world = init_distributed()
     set_seed(args.seed + rank)
@@ -543,7 +579,9 @@ def main(args: argparse.Namespace) -> dict:
     if done_in:
         log.info("stage %d is already complete in %s: nothing to resume, nothing changed (--resume)", stage, done_in)
         return {"stages": [], "skipped": stage}
+    require_tensorboard(args)
     if is_main_process():
+        refuse_retraining(args)
         require_writable(args.checkpoint_dir, "--checkpoint-dir")
     trainer.continue_from(stage)
     trainer.run_stage(stage)

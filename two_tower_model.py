@@ -37,10 +37,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import checkpoint as ckpt
-from utils import (DEFAULT_BASE_MODEL, NONNEG_INT, POSITIVE_INT, UserError, bf16_supported, get_device,
+from utils import (add_alias, add_common_args, progress, DEFAULT_BASE_MODEL, NONNEG_INT, POSITIVE_INT, UserError, bf16_supported, get_device,
                    int_range, resolve_model_path, run_cli)
 
 
@@ -255,8 +254,9 @@ class TwoTowerModel(nn.Module):
 
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str], side: str, batch_size: int, show_progress: bool,
-                chunk: int = 32_768) -> np.ndarray:
-        """Tokenise once per chunk, sort by length, pad each batch to its longest text only."""
+                chunk: int = 32_768, run=None) -> np.ndarray:
+        """Tokenise once per chunk, sort by length, pad each batch to its longest text only.
+        `run(input_ids, attention_mask) -> (b, d) array` replaces the torch tower (backends.py)."""
         texts = self.prompted(texts, side)
         out = np.empty((len(texts), self.config.embedding_dim), dtype=np.float32)
         if not texts:
@@ -267,7 +267,7 @@ class TwoTowerModel(nn.Module):
         max_len = tower.max_len
         dev = self.device
         pad_id = self.tokenizer.pad_token_id or 0
-        bar = tqdm(total=len(texts), desc=f"encode {side}s", unit=side[0], disable=not show_progress,
+        bar = progress(total=len(texts), desc=f"encode {side}s", unit=side[0], disable=not show_progress,
                    mininterval=2)
         try:
             for c0 in range(0, len(texts), chunk):
@@ -283,9 +283,12 @@ class TwoTowerModel(nn.Module):
                     for r, i in enumerate(idx):
                         arr[r, :lens[i]] = ids[i]
                         att[r, :lens[i]] = 1
-                    with self._autocast():
-                        emb = tower(torch.from_numpy(arr).to(dev), torch.from_numpy(att).to(dev))
-                    out[c0 + idx] = emb.float().cpu().numpy()
+                    if run is not None:
+                        out[c0 + idx] = run(arr, att)
+                    else:
+                        with self._autocast():
+                            emb = tower(torch.from_numpy(arr).to(dev), torch.from_numpy(att).to(dev))
+                        out[c0 + idx] = emb.float().cpu().numpy()
                     bar.update(len(idx))
         finally:
             bar.close()
@@ -329,7 +332,8 @@ def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path |
     g.add_argument("--baseline", action="store_true", help="use the pretrained base model instead")
     g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base model for --baseline")
     g.add_argument("--device", default="auto")
-    g.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="products per encode batch")
+    g.add_argument("--encode-batch-size", type=POSITIVE_INT, default=64, help="products per encode batch")
+    add_alias(p, "--batch-size", "--encode-batch-size")
 
 
 def load_model_from_args(args: argparse.Namespace) -> tuple["TwoTowerModel", dict]:
@@ -350,16 +354,18 @@ def load_model_from_args(args: argparse.Namespace) -> tuple["TwoTowerModel", dic
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Score query/product pairs with a two-tower model.")
-    p.add_argument("--model", default=DEFAULT_BASE_MODEL, help="checkpoint (.pt or directory) or base model")
+    p.add_argument("--checkpoint", default=DEFAULT_BASE_MODEL,
+                   help="trained checkpoint (.pt or directory) or a base model (default: the pretrained MiniLM)")
+    add_alias(p, "--model", "--checkpoint")
     p.add_argument("--query", action="append", required=True)
     p.add_argument("--product", action="append", required=True)
     p.add_argument("--device", default="auto")
-    p.add_argument("--log-level", default="INFO")
+    add_common_args(p, data_dir=False, seed=False)
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> np.ndarray:
-    model = TwoTowerModel.from_pretrained(args.model).to(get_device(args.device))
+    model = TwoTowerModel.from_pretrained(args.checkpoint).to(get_device(args.device))
     q = model.encode_queries(args.query)
     p = model.encode_products(args.product)
     scores = q @ p.T

@@ -163,9 +163,79 @@ NONNEG_FLOAT = float_range(0.0)
 FRACTION = float_range(0.0, 1.0, hi_open=True)  # [0, 1)
 
 
+# The suite's version, printed by every script's --version (bump with user-visible changes).
+SUITE_VERSION = "0.5.0"
+# One default seed for every script's --seed (training, mining, splitting, evaluation). The built-in
+# sample catalog's identity is a separate choice, --sample-seed (default SAMPLE_SEED), so that
+# sample_catalog.py, prepare --make-sample and run_workflow.sh all build the same catalog.
+DEFAULT_SEED = 42
+SAMPLE_SEED = 0
+_QUIET = False
+
+
+def quiet() -> bool:
+    """True after --quiet: no progress bars (and warnings-only logging)."""
+    return _QUIET
+
+
+def progress(*args, disable: bool = False, **kwargs):
+    """tqdm with the suite's --quiet switch applied; every long loop uses this."""
+    from tqdm import tqdm
+    return tqdm(*args, disable=disable or _QUIET, **kwargs)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option: stores into the new option's dest, says the new name."""
+
+    def __init__(self, option_strings, dest, new_name: str = "", **kwargs):
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is an old spelling of {self.new_name} (kept for one release)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def add_alias(parser, old: str, new: str) -> None:
+    """Accept `old` as a hidden alias of the already-added option `new` (same type and choices)."""
+    act = next(a for a in parser._actions if new in a.option_strings)
+    flag = act.nargs == 0
+    parser.add_argument(old, dest=act.dest, action=_DeprecatedAlias, new_name=new, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, nargs=0 if flag else act.nargs,
+                        **({} if flag else {"type": act.type, "choices": act.choices, "metavar": act.metavar}))
+
+
+class _SuiteVersion(argparse.Action):
+    """--version: print the suite's version and exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the suite's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} (two-tower search trainer) {SUITE_VERSION}")
+        parser.exit()
+
+
+def old_version_option(argv: list[str] | None, new: str, choices: tuple[str, ...]) -> list[str]:
+    """A script whose `--version VALUE` option was renamed `new`: `--version VALUE` (VALUE one of
+    choices) still means `new VALUE`, for one release; a bare --version prints the suite's version."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--version" and argv[i + 1] in choices:
+            print(f"note: --version {argv[i + 1]} is an old spelling of {new} {argv[i + 1]} (kept for one release)",
+                  file=sys.stderr)
+            argv[i] = new
+    return argv
+
+
 def add_common_args(parser: argparse.ArgumentParser, *, data_dir: bool = True,
-                    checkpoint_dir: bool = False, seed: bool = True) -> argparse.ArgumentParser:
-    """The argument group most scripts share (added here once, not copied)."""
+                    checkpoint_dir: bool = False, seed: bool = True, overwrite: str | None = None
+                    ) -> argparse.ArgumentParser:
+    """The argument group every script shares (added here once, not copied): paths, --seed,
+    --overwrite (scripts that write a finished artifact: `overwrite` names it), --quiet,
+    --log-level and --version."""
     g = parser.add_argument_group("common")
     if data_dir:
         g.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -174,9 +244,27 @@ def add_common_args(parser: argparse.ArgumentParser, *, data_dir: bool = True,
         g.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR,
                        help="directory of model checkpoints (default: checkpoints)")
     if seed:
-        g.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+        g.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
+    if overwrite:
+        g.add_argument("--overwrite", action="store_true",
+                       help=f"replace {overwrite} if it exists (without it, an existing one is an error)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars; log warnings and errors only")
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_version_arg(g)
     return parser
+
+
+def add_version_arg(parser) -> None:
+    """--version for scripts outside add_common_args (benchmarks, the workflow's state helper)."""
+    parser.add_argument("--version", action=_SuiteVersion)
+
+
+def refuse_overwrite(args: argparse.Namespace, *paths: str | os.PathLike, option: str = "--output") -> None:
+    """The one overwrite policy: a finished artifact is replaced only with --overwrite."""
+    existing = [Path(x) for x in paths if Path(x).exists()]
+    if existing and not getattr(args, "overwrite", False):
+        more = f" (and {len(existing) - 1} more of this step's outputs)" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]} exists{more}; pass --overwrite to replace it, or choose another {option}")
 
 
 def add_comparison_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -194,7 +282,9 @@ def add_comparison_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a stage's main(); a UserError becomes one clear line on stderr and exit status 2."""
-    setup_logging(getattr(args, "log_level", "INFO"))
+    global _QUIET
+    _QUIET = bool(getattr(args, "quiet", False))
+    setup_logging("WARNING" if _QUIET else getattr(args, "log_level", "INFO"))
     try:
         main(args)
     except UserError as e:
@@ -549,10 +639,14 @@ def barrier() -> None:
 
 
 def _print_paths(argv: list[str]) -> int:
-    """`python utils.py paths DATA_DIR CHECKPOINT_DIR`: shell assignments for run_workflow.sh."""
+    """`python utils.py paths DATA_DIR CHECKPOINT_DIR`: shell assignments for run_workflow.sh;
+    `python utils.py version`: the suite's version (run_workflow.sh --version)."""
     import shlex
+    if argv == ["version"]:
+        print(f"run_workflow.sh (two-tower search trainer) {SUITE_VERSION}")
+        return 0
     if len(argv) != 3 or argv[0] != "paths":
-        print("usage: python utils.py paths DATA_DIR CHECKPOINT_DIR", file=sys.stderr)
+        print("usage: python utils.py paths DATA_DIR CHECKPOINT_DIR | python utils.py version", file=sys.stderr)
         return 2
     for k, v in artifact_paths(argv[1], argv[2]).items():
         print(f"{k}={shlex.quote(str(v))}")

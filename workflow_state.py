@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils import file_sha256, read_json, write_json
+from utils import add_version_arg, file_sha256, read_json, write_json
 
 
 def file_identity(path: str | os.PathLike) -> list:
@@ -141,6 +141,7 @@ def sample_origin(raw_dir: Path, size: str, seed: int) -> tuple[str, str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version_arg(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check")
     c.add_argument("state_dir", type=Path)

@@ -23,7 +23,7 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 
 from sample_catalog import make_sample_catalog  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import (EXAMPLES_FILE, PRODUCTS_FILE, bf16_supported, build_product_text,  # noqa: E402
+from utils import (SAMPLE_SEED, add_alias, add_version_arg, EXAMPLES_FILE, PRODUCTS_FILE, bf16_supported, build_product_text,  # noqa: E402
                    resolve_model_path)
 
 
@@ -45,16 +45,18 @@ def top10_overlap(q: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version_arg(p)
     p.add_argument("--n", type=int, default=2000, help="product texts")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-seed", type=int, default=SAMPLE_SEED, help="which sample catalog the texts come from")
+    add_alias(p, "--seed", "--sample-seed")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "encode.json")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
     from sentence_transformers import SentenceTransformer
-    texts, queries = load_texts(args.n, args.seed)
+    texts, queries = load_texts(args.n, args.sample_seed)
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     st = SentenceTransformer(path, device="cpu")
     ours = TwoTowerModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")

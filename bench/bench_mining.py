@@ -23,7 +23,7 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 from embeddings import build_index  # noqa: E402
 from hard_negative_mining import mine  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import peak_rss_mb  # noqa: E402
+from utils import add_version_arg, peak_rss_mb  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -44,6 +44,7 @@ def reset_hwm() -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version_arg(p)
     p.add_argument("--data", type=Path, default=Path("/tmp/ttsn_bench_prepare/data"))
     p.add_argument("--queries", type=int, default=5000)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "mining_full.json")

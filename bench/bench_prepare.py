@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, write_result  # noqa: E402
+from utils import add_version_arg  # noqa: E402
 
 
 def timed(cmd: list[str]) -> dict:
@@ -30,6 +31,7 @@ def timed(cmd: list[str]) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version_arg(p)
     p.add_argument("--size", default="full", choices=["tiny", "small", "full"])
     p.add_argument("--work", type=Path, default=Path("/tmp/ttsn_bench_prepare"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "prepare.json")

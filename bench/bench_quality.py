@@ -44,7 +44,7 @@ from embeddings import build_index, catalog_embeddings, search  # noqa: E402
 from evaluate_trained_model import judged_rerank_ndcg, paired_bootstrap_ci  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import (DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint, load_catalog, load_prepared,  # noqa: E402
+from utils import (add_version_arg, DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint, load_catalog, load_prepared,  # noqa: E402
                    resolve_model_path, setup_logging)
 
 STAGE1_EPOCHS = 2
@@ -54,6 +54,7 @@ COMPARED = ("recall@10", "ndcg@10", "mrr", "kdd_task1_ndcg")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_arg(p)
     p.add_argument("--raw-dir", type=Path, default=None, help="ESCI-format files (default: the built-in sample)")
     p.add_argument("--size", default="small", help="sample size when no --raw-dir (tiny|small)")
     p.add_argument("--resplit-queries", type=float, default=None, help="passed to prepare (see its --help)")
@@ -100,8 +101,8 @@ def prepare_only(args, data: Path) -> None:
     raw = args.raw_dir
     if raw is None:  # as run_workflow.sh: sample_catalog.py with its own default seed, then prepare
         raw = args.work_dir / "raw"
-        sample_catalog.main(sample_catalog.parse_args(["--size", args.size, "--raw-dir", str(raw)]))
-    argv = ["--data-dir", str(data), "--raw-dir", str(raw)]
+        sample_catalog.main(sample_catalog.parse_args(["--size", args.size, "--raw-dir", str(raw), "--overwrite"]))
+    argv = ["--data-dir", str(data), "--raw-dir", str(raw), "--overwrite"]  # the work dir is this benchmark's own
     if args.resplit_queries is not None:
         argv += ["--resplit-queries", str(args.resplit_queries)]
     prep.main(prep.parse_args(argv))

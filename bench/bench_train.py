@@ -24,7 +24,7 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 
 import prepare_training_data as prep  # noqa: E402
 import train_two_tower as tt  # noqa: E402
-from utils import bf16_supported, resolve_model_path  # noqa: E402
+from utils import add_version_arg, bf16_supported, resolve_model_path  # noqa: E402
 
 
 def ours(data: Path, args) -> dict:
@@ -73,6 +73,7 @@ def st_trainer(data: Path, args) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_version_arg(p)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)

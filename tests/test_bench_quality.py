@@ -36,6 +36,6 @@ def test_bench_quality_three_systems(tmp_path, tiny_encoder_dir):
     # the sample is built as run_workflow.sh builds it (sample_catalog.py's own default seed)
     import sample_catalog
     made = json.loads((tmp_path / "work" / "raw" / "sample_catalog.json").read_text())
-    assert made["seed"] == sample_catalog.parse_args([]).seed
+    assert made["seed"] == sample_catalog.parse_args([]).sample_seed
     md = (out / "quality_t.md").read_text()
     assert "peer: ST MNRL fine-tune" in md and "KDD Task 1" in md

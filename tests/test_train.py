@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -369,7 +370,11 @@ def test_redo_of_stage2_starts_from_the_best_of_stage1(data_dir, tmp_path, tiny_
     prog["best"] = {**prog["best"], "score": 99.0, "stage": 2, "epoch": prog["history"][-1]["epoch"]}
     pj.write_text(json.dumps(prog))  # same token as last.pt: read_progress takes it
     assert C.read_progress(ck)["best"]["score"] == 99.0
-    redo = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *s2, "--lr", "0")))  # lr 0: stage 2 = stage 1
+    before = (ck / "stage2.pt").stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"stage2\.pt exists \(stage 2 finished\); pass --overwrite"):
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *s2, "--lr", "0")))
+    assert (ck / "stage2.pt").stat().st_mtime_ns == before
+    redo = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *s2, "--lr", "0", "--overwrite")))  # lr 0: stage 2 = stage 1
     assert redo["best"]["score"] < 99.0
     assert [h["stage"] for h in redo["history"]] == [1, 2]  # the old stage-2 epoch is gone
     best = torch.load(ck / "best_model.pt", weights_only=True)
@@ -420,3 +425,20 @@ def test_kill_while_finishing_a_stage_then_resume_gives_the_same_result(data_dir
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{f}:{k}")
     ra, rb = (json.loads((d / "train_metrics.json").read_text()) for d in (ref, ck))
     assert ra["best"] == rb["best"] and [h["epoch"] for h in ra["history"]] == [h["epoch"] for h in rb["history"]]
+
+
+def test_architecture_flags_given_at_stage2_are_named_as_ignored(data_dir, tmp_path, tiny_encoder_dir, caplog):
+    """Stage 2 continues stage1.pt's architecture: a different --projection-dim / --tower-sharing on its
+    command line is reported, not silently dropped (and not applied)."""
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1")))
+    with caplog.at_level(logging.WARNING, logger="ttsn"):
+        tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1",
+                                    "--hard-negatives", "none", "--projection-dim", "8",
+                                    "--tower-sharing", "separate")))
+    msgs = [r.getMessage() for r in caplog.records if "is ignored at stage 2" in r.getMessage()]
+    assert any(m.startswith("--projection-dim 8 is ignored") and m.endswith("which has 0") for m in msgs), msgs
+    assert any(m.startswith("--tower-sharing separate is ignored") for m in msgs), msgs
+    from two_tower_model import TwoTowerModel
+    assert TwoTowerModel.from_pretrained(ck / "stage2.pt").config.projection_dim == 0
+    assert not any(m.startswith("--base-model") for m in msgs), msgs  # the same base model, spelled as given
