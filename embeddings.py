@@ -1,7 +1,7 @@
 """Catalog embeddings and FAISS indices, shared by reindexing, mining, evaluation and the demo.
 
 `catalog_embeddings(model, products, data_dir)` is the one cache of a model's catalog encode:
-data/embeddings_cache/<model fingerprint>/embeddings.npy, so mining with a checkpoint and
+data/embeddings_cache/<model fingerprint>[-<backend>]/embeddings.npy (backends.py), so mining with a checkpoint and
 reindexing the same checkpoint encode the catalog once. `encode_catalog` streams product
 embeddings in chunks into a memory-mapped float32 `.npy` with a sidecar JSON fingerprint (model
 fingerprint, catalog checksum, dimension, count):
@@ -43,10 +43,15 @@ def _open(path: Path, n: int, d: int, mode: str) -> np.memmap:
 
 
 def catalog_embeddings(model, products: pd.DataFrame, data_dir: Path, batch_size: int = 64,
-                       show_progress: bool = True) -> tuple[np.ndarray, dict]:
-    """The model's embeddings of the catalog from its one cache under data_dir (encoded if needed)."""
-    return encode_catalog(model, products, embedding_cache_dir(data_dir, model.fingerprint()), batch_size,
-                          show_progress)
+                       show_progress: bool = True, backend: str = "torch") -> tuple[np.ndarray, dict]:
+    """The model's embeddings of the catalog from its one cache under data_dir (encoded if needed),
+    by `backend` (backends.py: torch, openvino or auto); each backend has its own cache entry."""
+    from backends import backend_key, product_encoder, resolve_backend
+    concrete = resolve_backend(backend, model.device)
+    key = backend_key(concrete, model.device)
+    cache = embedding_cache_dir(data_dir, model.fingerprint() + (f"-{key}" if key else ""))
+    return encode_catalog(model, products, cache, batch_size, show_progress,
+                          make_encoder=lambda: product_encoder(model, concrete), backend=key or "torch")
 
 
 def _cache_ok(final: Path, fp: dict) -> bool:
@@ -61,8 +66,9 @@ def _cache_ok(final: Path, fp: dict) -> bool:
 
 
 def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: int = 64,
-                   show_progress: bool = True) -> tuple[np.ndarray, dict]:
-    """Embeddings (n, d) of products["product_text"], cached in cache_dir/embeddings.npy."""
+                   show_progress: bool = True, make_encoder=None, backend: str = "torch") -> tuple[np.ndarray, dict]:
+    """Embeddings (n, d) of products["product_text"], cached in cache_dir/embeddings.npy.
+    make_encoder() -> f(texts, batch_size) is called only when something must be encoded."""
     rank, world = init_distributed()
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -86,12 +92,13 @@ def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: i
             done = int(prog["done"])
             log.info("resuming catalog encode at row %d of %d", lo + done, hi)
     mm = _open(part, hi - lo, fp["dim"], "r+" if done else "w+")
+    encode = make_encoder() if make_encoder else (lambda t, b: model.encode_products(t, batch_size=b))
     t0 = time.perf_counter()
     bar = progress(total=hi - lo, initial=done, desc="encode catalog", unit="prod", disable=not show_progress or rank,
                mininterval=2)
     for s in range(done, hi - lo, CHUNK):
         e = min(hi - lo, s + CHUNK)
-        mm[s:e] = model.encode_products(texts[lo + s:lo + e].tolist(), batch_size=batch_size)
+        mm[s:e] = encode(texts[lo + s:lo + e].tolist(), batch_size)
         mm.flush()
         write_json(prog_path, {"fingerprint": fp, "rows": [lo, hi], "done": e})
         bar.update(e - s)
@@ -108,7 +115,7 @@ def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: i
                 out[bounds[r]:bounds[r + 1]] = np.load(pth, mmap_mode="r")
             out.flush()
             del out
-        meta = {"fingerprint": fp, "encode_seconds": round(seconds, 1), "processes": world,
+        meta = {"fingerprint": fp, "backend": backend, "encode_seconds": round(seconds, 1), "processes": world,
                 "products_per_s": round((hi - lo - done) * world / max(seconds, 1e-9), 1)}
         write_json(meta_path, meta)
         for pth in parts:

@@ -99,7 +99,8 @@ def main(args: argparse.Namespace) -> dict:
         products = load_catalog(args.data_dir)
         queries = load_prepared(args.data_dir, "training_pairs", ["query_id", "query"]).drop_duplicates("query_id")
         gt = load_prepared(args.data_dir, "ground_truth")
-        emb, _ = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size)
+        emb, _ = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size,
+                                    backend=args.backend)
         if not is_main_process():
             return {}
         cat_ids = products["product_id"].to_numpy()

@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> dict:
     model, info = load_model_from_args(args)
     products = load_catalog(args.data_dir)
     with Timer() as t_enc:
-        emb, emb_meta = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size)
+        emb, emb_meta = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size,
+                                    backend=args.backend)
     if not is_main_process():
         return {}
     meta = {"model": info, "model_fingerprint": info["fingerprint"],
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> dict:
             "dim": int(emb.shape[1]), "metric": "inner_product", "hnsw_m": args.hnsw_m,
             "ef_construction": args.ef_construction, "ef_search": args.ef_search,
             "index_factory": args.index_factory, "encode_seconds": round(t_enc.seconds, 1),
-            "encode_products_per_s": emb_meta.get("products_per_s"),
+            "encode_products_per_s": emb_meta.get("products_per_s"), "encode_backend": emb_meta.get("backend"),
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": args_to_config(args)}
     with Timer() as t:

@@ -94,7 +94,7 @@ def test_encode_cache_hit_miss_and_resume(data_dir, tiny_encoder_dir, tmp_path, 
 
 def test_reindex_writes_indices_and_refuses_mismatch(data_dir, tiny_encoder_dir, tmp_path):
     meta = rx.main(rx.parse_args(["--baseline", "--base-model", str(tiny_encoder_dir), "--data-dir", str(data_dir),
-                                  "--index-factory", "IVF4,Flat"]))
+                                  "--index-factory", "IVF4,Flat", "--backend", "torch"]))
     d = data_dir / "indices_baseline"
     for f in ("faiss_index_flat.bin", "faiss_index_hnsw.bin", "faiss_index_custom.bin", "product_ids.parquet",
               "metadata.json"):
@@ -124,7 +124,7 @@ def test_reindex_writes_indices_and_refuses_mismatch(data_dir, tiny_encoder_dir,
 def test_torchrun_two_processes_encode_slices(data_dir, tiny_encoder_dir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "reindex_with_trained_model.py"), "--baseline", "--base-model", str(tiny_encoder_dir),
-           "--data-dir", str(data_dir), "--no-hnsw"]
+           "--data-dir", str(data_dir), "--no-hnsw", "--backend", "torch"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -146,11 +146,11 @@ def test_mining_and_reindex_share_one_encode(data_dir, tiny_encoder_dir, monkeyp
     monkeypatch.setattr(TwoTowerModel, "encode_products",
                         lambda self, t, **k: encoded.append(len(t)) or orig(self, t, **k))
     hnm.main(hnm.parse_args(["--checkpoint", str(ck), "--data-dir", str(data_dir), "--output",
-                             str(data_dir / "hn.parquet")]))
+                             str(data_dir / "hn.parquet"), "--backend", "torch"]))
     n = len(load_catalog(data_dir))
     assert sum(encoded) == n
     rx.main(rx.parse_args(["--checkpoint", str(ck), "--data-dir", str(data_dir), "--no-hnsw",
-                           "--report-queries", "0"]))
+                           "--report-queries", "0", "--backend", "torch"]))
     assert sum(encoded) == n  # cache hit: no second encode
 
 

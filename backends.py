@@ -1,0 +1,89 @@
+"""Catalog-encoding backends: which engine runs the product tower when a phase embeds the catalog
+(reindexing, mining; evaluation and the demo search the indices reindexing built).
+
+- `torch`: the model itself (bf16 autocast where the device runs bf16 natively, else fp32).
+- `openvino`: the product tower converted once per run with OpenVINO's own PyTorch converter
+  (`openvino.convert_model`, no hand-written graph) and compiled for the CPU, in bf16 where the CPU
+  has native bf16 (AVX512_BF16 / AMX), else fp32. Tokenisation, prompts, length-sorted batching and
+  max lengths are the model's own (`TwoTowerModel._encode`), so only the arithmetic differs.
+- `auto` (default): `openvino` on a CPU with native bf16 when the package is installed, `torch`
+  otherwise. The rule comes from `bench/bench_encode.py` (README "Benchmarks"): on AVX-512 + AMX
+  bf16, OpenVINO bf16 is several times faster than torch with Recall@10 / NDCG@10 within 1% of
+  torch fp32; on AVX2-only CPUs OpenVINO fp32 gains nothing over torch (reference measurement:
+  1.02x), so torch stays.
+
+An ONNX Runtime backend is not offered: sentence-transformers' ONNX backend needs `optimum-onnx`,
+whose only release requires transformers < 4.58 (this suite runs transformers 5).
+
+Each backend's embeddings are cached separately (`backend_key` is part of the cache key), so a
+catalog encoded by one is never served as the other's.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import numpy as np
+
+from utils import UserError, bf16_supported, log
+
+BACKENDS = ("auto", "torch", "openvino")
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_backend(name: str, device) -> str:
+    """The concrete backend for `name` on `device` ('torch' or 'openvino')."""
+    if name not in BACKENDS:
+        raise UserError(f"--backend {name!r} is not one of {', '.join(BACKENDS)}")
+    if name == "torch":
+        return "torch"
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    if name == "openvino":
+        if not on_cpu:
+            raise UserError(f"--backend openvino runs on the CPU only, not on {device}; use --backend torch")
+        if not openvino_available():
+            raise UserError("--backend openvino needs the openvino package: pip install -r requirements.txt")
+        return "openvino"
+    return "openvino" if on_cpu and openvino_available() and bf16_supported(device) else "torch"
+
+
+def backend_key(backend: str, device) -> str:
+    """What distinguishes this backend's catalog embeddings in the cache ('' for torch, the default)."""
+    if backend == "torch":
+        return ""
+    return f"openvino-{'bf16' if bf16_supported(device) else 'f32'}"
+
+
+class OpenVINOTower:
+    """The product tower compiled by OpenVINO: `encode(texts, batch_size)` -> (n, d) float32."""
+
+    def __init__(self, model, precision: str | None = None):
+        import openvino as ov
+        import torch
+        self.model = model
+        self.precision = precision or ("bf16" if bf16_supported(torch.device("cpu")) else "f32")
+        tower = model.product_tower.eval()
+        example = model.tokenize(["an example product", "a second, longer example product text"], "product")
+        with torch.no_grad():
+            ov_model = ov.convert_model(tower, example_input=(example["input_ids"], example["attention_mask"]))
+        self.compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
+                                                                  "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        log.info("product tower compiled with OpenVINO (%s)", self.precision)
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        res = self.request.infer({0: input_ids, 1: attention_mask})
+        return np.asarray(res[self.compiled.output(0)], dtype=np.float32)
+
+    def encode(self, texts, batch_size: int = 64) -> np.ndarray:
+        return self.model._encode(list(texts), "product", batch_size, False, run=self._run)
+
+
+def product_encoder(model, backend: str) -> Callable[[list[str], int], np.ndarray]:
+    """A function (texts, batch_size) -> product embeddings, run by the given concrete backend."""
+    if backend == "openvino":
+        return OpenVINOTower(model).encode
+    return lambda texts, batch_size: model.encode_products(texts, batch_size=batch_size)
