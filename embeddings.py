@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import backends
 from utils import (progress, UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json, read_parquet,
                    write_json, write_parquet)
 
@@ -46,12 +47,11 @@ def catalog_embeddings(model, products: pd.DataFrame, data_dir: Path, batch_size
                        show_progress: bool = True, backend: str = "torch") -> tuple[np.ndarray, dict]:
     """The model's embeddings of the catalog from its one cache under data_dir (encoded if needed),
     by `backend` (backends.py: torch, openvino or auto); each backend has its own cache entry."""
-    from backends import backend_key, product_encoder, resolve_backend
-    concrete = resolve_backend(backend, model.device)
-    key = backend_key(concrete, model.device)
+    concrete = backends.resolve_backend(backend, model.device)
+    key = backends.backend_key(concrete, model.device)
     cache = embedding_cache_dir(data_dir, model.fingerprint() + (f"-{key}" if key else ""))
     return encode_catalog(model, products, cache, batch_size, show_progress,
-                          make_encoder=lambda: product_encoder(model, concrete), backend=key or "torch")
+                          make_encoder=lambda: backends.product_encoder(model, concrete), backend=key or "torch")
 
 
 def _cache_ok(final: Path, fp: dict) -> bool:
@@ -92,10 +92,10 @@ def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: i
             done = int(prog["done"])
             log.info("resuming catalog encode at row %d of %d", lo + done, hi)
     mm = _open(part, hi - lo, fp["dim"], "r+" if done else "w+")
-    encode = make_encoder() if make_encoder else (lambda t, b: model.encode_products(t, batch_size=b))
+    encode = make_encoder() if make_encoder else backends.product_encoder(model, "torch")
     t0 = time.perf_counter()
     bar = progress(total=hi - lo, initial=done, desc="encode catalog", unit="prod", disable=not show_progress or rank,
-               mininterval=2)
+                   mininterval=2)
     for s in range(done, hi - lo, CHUNK):
         e = min(hi - lo, s + CHUNK)
         mm[s:e] = encode(texts[lo + s:lo + e].tolist(), batch_size)

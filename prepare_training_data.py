@@ -120,7 +120,7 @@ def load_products(path: Path, locale: str, stats: dict) -> pd.DataFrame:
                         f"than once in locale '{locale}' (e.g. {', '.join(map(str, ex))}); deduplicate the file")
     texts = [build_product_text(t, b, c, bl) for t, b, c, bl in
              progress(zip(df["product_title"], df["product_brand"], df["product_color"], df["product_bullet_point"]),
-                  total=len(df), desc="product text", unit="prod", mininterval=2, disable=len(df) < 100_000)]
+                      total=len(df), desc="product text", unit="prod", mininterval=2, disable=len(df) < 100_000)]
     df = df.drop(columns=["product_bullet_point", "product_locale"]).assign(product_text=texts)
     empty = df["product_text"] == ""
     stats["dropped"]["products_empty_text"] = int(empty.sum())

@@ -303,7 +303,7 @@ class Trainer:
         a = self.args
         model.train()
         bar = progress(total=len(batches), initial=start, desc=f"stage {st['stage']} epoch {epoch}", unit="batch",
-                   disable=not is_main_process(), mininterval=5)
+                       disable=not is_main_process(), mininterval=5)
         for bi in range(start, len(batches)):
             if pos["step"] >= st["total"]:
                 break

@@ -268,7 +268,7 @@ class TwoTowerModel(nn.Module):
         dev = self.device
         pad_id = self.tokenizer.pad_token_id or 0
         bar = progress(total=len(texts), desc=f"encode {side}s", unit=side[0], disable=not show_progress,
-                   mininterval=2)
+                       mininterval=2)
         try:
             for c0 in range(0, len(texts), chunk):
                 ids = self.tokenizer(texts[c0:c0 + chunk], truncation=True, max_length=max_len,

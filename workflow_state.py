@@ -14,7 +14,7 @@ Reads/writes: STATE_DIR/<step>.json ({"status": "started"|"done", "key", "option
                                    STATE_DIR STEP OUTPUT INPUT...    -> prints "run|resume|skip<TAB>why"
     python workflow_state.py start --options="..." STATE_DIR STEP INPUT...
     python workflow_state.py done  STATE_DIR STEP
-    python workflow_state.py sample RAW_DIR SIZE SEED     -> prints "ours|other|none|absent<TAB>why"
+    python workflow_state.py sample RAW_DIR SIZE SEED     -> prints "ours|other|foreign|absent<TAB>why"
 """
 from __future__ import annotations
 
