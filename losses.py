@@ -163,16 +163,27 @@ class InBatchNegativesLoss(nn.Module):
     positives: unmasked, they would teach the model to push relevant products away. Padding
     negative slots (`negative_valid` False) are masked for every row.
 
+    Symmetric (`symmetric=True`, the MultipleNegativesSymmetricRankingLoss of sentence-transformers;
+    the bidirectional loss of CLIP, Radford et al. 2021): each in-batch positive product also picks
+    its own query out of the batch's queries, with the transposed mask (a query that judged the
+    product relevant is not a negative for it), and the loss is the mean of both directions:
+
+        loss_i = 1/2 * [ cross_entropy(logits_i, i) + cross_entropy(scale * cos(p_i, queries), i) ]
+
+    Explicit negatives and logQ enter only the query -> product direction.
+
     Args:
         temperature: softmax temperature (default 0.05, i.e. scale 20 as in sentence-transformers).
+        symmetric: add the product -> query direction (default False).
     Inputs: the common signature (module docstring).
     Returns:
         scalar loss.
     """
 
-    def __init__(self, temperature: float = 0.05):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False):
         super().__init__()
         self.temperature = temperature
+        self.symmetric = symmetric
 
     @property
     def scale(self) -> float:
@@ -198,8 +209,16 @@ class InBatchNegativesLoss(nn.Module):
                 weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 log_q: torch.Tensor | None = None, negative_valid: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.logits(query_emb, positive_emb, negative_emb, mask, log_q, negative_valid)  # (b, b + b*k)
-        target = torch.arange(logits.shape[0], device=logits.device)
+        b = logits.shape[0]
+        target = torch.arange(b, device=logits.device)
         per = F.cross_entropy(logits.float(), target, reduction="none")  # (b,)
+        if self.symmetric:
+            rev = self.scale * (positive_emb @ query_emb.T)  # (b, b): product j against every query
+            if mask is not None:
+                full = mask[:, :b].to(rev.device).T.clone()  # (b, b): query i judged product j -> not a negative
+                full[target, target] = False
+                rev = rev.masked_fill(full, NEG_INF)
+            per = 0.5 * (per + F.cross_entropy(rev.float(), target, reduction="none"))  # (b,)
         return _weighted_mean(per, weights)
 
 
@@ -218,9 +237,10 @@ class CombinedLoss(nn.Module):
     Inputs: the common signature (module docstring).
     """
 
-    def __init__(self, temperature: float = 0.05, margin: float = 0.5, contrastive_weight: float = 0.5):
+    def __init__(self, temperature: float = 0.05, margin: float = 0.5, contrastive_weight: float = 0.5,
+                 symmetric: bool = False):
         super().__init__()
-        self.in_batch = InBatchNegativesLoss(temperature)
+        self.in_batch = InBatchNegativesLoss(temperature, symmetric)
         self.contrastive = WeightedContrastiveLoss(margin)
         self.contrastive_weight = contrastive_weight
 
@@ -239,12 +259,12 @@ LOSSES = {"combined": CombinedLoss, "infonce": InBatchNegativesLoss,
 
 
 def build_loss(name: str, temperature: float = 0.05, margin: float = 0.5,
-               contrastive_weight: float = 0.5) -> nn.Module:
+               contrastive_weight: float = 0.5, symmetric: bool = False) -> nn.Module:
     """The loss `name` (a key of LOSSES) with the settings that apply to it."""
     if name == "combined":
-        return CombinedLoss(temperature, margin, contrastive_weight)
+        return CombinedLoss(temperature, margin, contrastive_weight, symmetric)
     if name == "infonce":
-        return InBatchNegativesLoss(temperature)
+        return InBatchNegativesLoss(temperature, symmetric)
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
     return LOSSES[name](margin)

@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss", choices=sorted(L.LOSSES), default="combined")
     p.add_argument("--temperature", type=POSITIVE_FLOAT, default=0.05, help="InfoNCE temperature (scale = 1/T)")
     p.add_argument("--margin", type=NONNEG_FLOAT, default=0.5, help="contrastive/triplet cosine-distance margin")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False,
+                   help="InfoNCE in both directions: each product also picks its own query out of the batch's "
+                        "queries (sentence-transformers' MultipleNegativesSymmetricRankingLoss)")
     p.add_argument("--contrastive-weight", type=NONNEG_FLOAT, default=0.5, help="mixing weight in the combined loss")
     p.add_argument("--negatives", type=NONNEG_INT, default=1, help="explicit negatives per positive")
     p.add_argument("--hard-negatives", choices=["mined", "none"], default="mined",
@@ -130,7 +133,8 @@ class Trainer:
             self.precision = "bf16" if bf16_supported(self.device) else "fp32"
         if self.precision == "fp16" and self.device.type != "cuda":
             raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        self.loss_fn = L.build_loss(args.loss, args.temperature, args.margin, args.contrastive_weight)
+        self.loss_fn = L.build_loss(args.loss, args.temperature, args.margin, args.contrastive_weight,
+                                    args.symmetric)
         self.log_file = None
         self.tb = None
         # the one record of where training is: saved in last.pt and mirrored in progress.json

@@ -186,3 +186,24 @@ def test_build_loss_passes_the_settings():
     assert c.in_batch.scale == pytest.approx(50.0) and c.contrastive.margin == 0.4 and c.contrastive_weight == 0.7
     assert L.build_loss("triplet", margin=0.3).margin == 0.3
     assert L.build_loss("contrastive", margin=0.6).margin == 0.6
+
+
+def test_symmetric_infonce_hand_computed_with_transposed_mask():
+    torch.manual_seed(1)
+    q, p = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
+    n = F.normalize(torch.randn(3, 1, 8), dim=-1)
+    w = torch.tensor([1.0, 0.5, 1.0])
+    mask = torch.zeros(3, 6, dtype=torch.bool)
+    mask[0, 2] = True  # product 2 is judged relevant for query 0: not a negative either way
+    fn = L.InBatchNegativesLoss(0.1, symmetric=True)
+    fwd = F.cross_entropy(fn.logits(q, p, n, mask), torch.arange(3), reduction="none")
+    s = 10.0 * (p @ q.T)  # product j against every query; query 0 is masked for product 2
+    bwd = torch.stack([-(s[0, 0] - torch.logsumexp(s[0], 0)), -(s[1, 1] - torch.logsumexp(s[1], 0)),
+                       -(s[2, 2] - torch.logsumexp(s[2, [1, 2]], 0))])
+    expect = ((0.5 * (fwd + bwd)) * w).sum() / w.sum()
+    assert fn(q, p, n, weights=w, mask=mask).item() == pytest.approx(expect.item(), rel=1e-5)
+    # off, the loss is the query -> product direction alone
+    plain = L.InBatchNegativesLoss(0.1)(q, p, n, weights=w, mask=mask)
+    assert plain.item() == pytest.approx(((fwd * w).sum() / w.sum()).item(), rel=1e-5)
+    assert L.build_loss("combined", symmetric=True).in_batch.symmetric
+    assert L.build_loss("infonce", symmetric=True).symmetric

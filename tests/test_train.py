@@ -169,6 +169,7 @@ SMOKE = {  # flag -> check on (metrics, checkpoint dir); every training flag goe
     "loss-contrastive": (["--loss", "contrastive", "--negatives", "2"], None),
     "loss-triplet": (["--loss", "triplet", "--negatives", "2"], None),
     "logq": (["--logq"], "logq"),
+    "symmetric": (["--symmetric"], "symmetric"),
     "grad-accum": (["--grad-accum", "2"], "grad_accum"),
     "patience": (["--patience", "1", "--lr", "0", "--epochs", "3"], "patience"),
     "separate": (["--tower-sharing", "separate"], "separate"),
@@ -193,7 +194,7 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, "--loss", other,
                                     "--negatives", "2")))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0])  # another loss, another value
-    if check == "logq":
+    if check in ("logq", "symmetric"):  # the first batch's loss differs from the same run without the flag
         ref = tmp_path / "ref"
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit)))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)
