@@ -54,13 +54,15 @@ done
 case "$SIZE" in tiny|small|full) ;; *) echo "run_workflow.sh: --size '$SIZE' is not tiny, small or full" >&2; exit 2 ;; esac
 
 # Training budget. The sample schedules keep the plan's stages and epochs (2 + 1 + 2) but train
-# each epoch on a fresh subset of positives, so the sample run fits ~15 min on 2 CPU cores.
+# each epoch on a fresh subset of positives, so the sample run fits ~15 min on 2 CPU cores. The
+# batch size is train_two_tower.py's auto: 64 on ESCI-size data, 32 on the sample's 1,024 positives
+# an epoch, 16 on a few hundred (a small extract or --fast).
 if [ -n "$RAW_DIR" ] || [ "$SIZE" = full ]; then
-  TRAIN=(--batch-size 64)
+  TRAIN=()
 elif [ "$FAST" = 1 ] || [ "$SIZE" = tiny ]; then
-  TRAIN=(--batch-size 16 --epoch-pairs 64 --val-corpus-size 200 --val-batches 2)
+  TRAIN=(--epoch-pairs 64 --val-corpus-size 200 --val-batches 2)
 else
-  TRAIN=(--batch-size 64 --epoch-pairs 1024 --val-corpus-size 1000 --val-batches 4)
+  TRAIN=(--epoch-pairs 1024 --val-corpus-size 1000 --val-batches 4)
 fi
 TRAIN+=("${EXTRA[@]}")
 RAW=${RAW_DIR:-$DATA/raw}

@@ -1,6 +1,7 @@
 """The pure pieces of the trainer (train_two_tower.py), each testable on its own.
 
     lr_lambda            linear warm-up then linear decay (the per-stage schedule)
+    auto_batch_size      --batch-size auto: enough optimiser steps per epoch on small data
     loss_inputs          everything a loss receives besides the embeddings, built on the model's device
     parse_label_weights  --label-weights E=1,S=0.9,C=0.6
     SELECT, better       the validation score that picks best_model.pt, and the comparison rule
@@ -44,6 +45,19 @@ def better(vm: dict, best: dict | None, select: str) -> bool:
     if score > best["score"] + eps:
         return True
     return abs(score - best["score"]) <= eps and vm["val_loss"] < best.get("val_loss", float("inf")) - eps
+
+
+AUTO_BATCH = {"min_steps": 32, "smallest": 16, "largest": 64}
+
+
+def auto_batch_size(pairs_per_epoch: int, world: int = 1, min_steps: int = AUTO_BATCH["min_steps"],
+                    smallest: int = AUTO_BATCH["smallest"], largest: int = AUTO_BATCH["largest"]) -> int:
+    """The largest power-of-two batch in [smallest, largest] that still gives an epoch of
+    `pairs_per_epoch` at least `min_steps` optimiser steps, rounded up to a multiple of `world`."""
+    b = largest
+    while b > smallest and pairs_per_epoch / b < min_steps:
+        b //= 2
+    return max(world, -(-b // world) * world)
 
 
 def lr_lambda(total: int, warmup: float):

@@ -9,10 +9,13 @@ train_metrics.json, train_config.json.
 
 Stages (CHAPTER2_README "Training Stages"); the workflow runs mining between them
 (run_workflow.sh: stage 1 -> mine -> stage 2 -> mine -> stage 3):
-  1: epochs 1-2, E+S positives + random/labelled negatives, lr 2e-5
-  2: epoch 3, adds hard negatives mined with the stage-1 model, lr 2e-5
+  1: epochs 1-2, E+S positives, in-batch negatives only (symmetric InfoNCE), lr 2e-5
+  2: epoch 3, adds one hard negative per positive, mined with the stage-1 model, lr 2e-5
   3: epochs 4-5, adds C positives (weights E 1.0 / S 0.9 / C 0.6) and the hard negatives mined
      with the stage-2 model, lr / 10
+best_model.pt is the best epoch on validation, so a stage that does not improve it is not kept.
+The defaults (loss, negatives per stage, batch size auto) are measured choices: README, "Quality
+on real judgements". --loss combined --negatives 1 is the plan's original stage-1 recipe.
 
 Multi-process: torchrun --nproc_per_node N train_two_tower.py ... (NCCL on GPUs, gloo on CPUs);
 embeddings are gathered so in-batch negatives span the global batch; only rank 0 writes.
@@ -40,7 +43,7 @@ import losses as L
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, stage_done
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
-from train_parts import SELECT, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
+from train_parts import SELECT, auto_batch_size, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from utils import (progress, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
                    add_common_args, args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported,
@@ -51,12 +54,20 @@ from utils import (progress, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT,
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 
 
+def batch_size_arg(text: str) -> int | str:
+    """--batch-size: 'auto' or an integer >= 2."""
+    return "auto" if text == "auto" else int_range(2)(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", type=int, choices=[1, 2, 3], required=True,
                    help="training stage; run_workflow.sh chains 1 -> mine -> 2 -> mine -> 3")
-    p.add_argument("--batch-size", type=int_range(2), default=64, help="global batch (split across processes)")
+    p.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                   help="global batch (split across processes); auto (default) = the largest of 64, 32, 16 that "
+                        "gives an epoch at least 32 optimiser steps: 64 on ESCI-size data, 16 on a few hundred "
+                        "positives, where more, smaller steps train better (README, 'Quality on real judgements')")
     p.add_argument("--lr", type=NONNEG_FLOAT, default=2e-5, help="stage 1-2 learning rate (stage 3 uses lr/10)")
     p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="override the stage's epoch count")
     p.add_argument("--max-steps", type=POSITIVE_INT, default=None, help="stop each stage after this many steps")
@@ -65,14 +76,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=POSITIVE_INT, default=1)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto = bf16 where the device runs it natively, else fp32")
-    p.add_argument("--loss", choices=sorted(L.LOSSES), default="combined")
+    p.add_argument("--loss", choices=sorted(L.LOSSES), default="infonce",
+                   help="infonce (default: in-batch negatives, masked accidental hits, plus any explicit "
+                        "negatives), combined (infonce + weighted contrastive, the plan's first recommendation), "
+                        "contrastive, triplet")
     p.add_argument("--temperature", type=POSITIVE_FLOAT, default=0.05, help="InfoNCE temperature (scale = 1/T)")
     p.add_argument("--margin", type=NONNEG_FLOAT, default=0.5, help="contrastive/triplet cosine-distance margin")
-    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False,
-                   help="InfoNCE in both directions: each product also picks its own query out of the batch's "
-                        "queries (sentence-transformers' MultipleNegativesSymmetricRankingLoss)")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=True,
+                   help="InfoNCE in both directions (default): each product also picks its own query out of the "
+                        "batch's queries (sentence-transformers' MultipleNegativesSymmetricRankingLoss); "
+                        "--no-symmetric = query -> product only")
     p.add_argument("--contrastive-weight", type=NONNEG_FLOAT, default=0.5, help="mixing weight in the combined loss")
-    p.add_argument("--negatives", type=NONNEG_INT, default=1, help="explicit negatives per positive")
+    p.add_argument("--negatives", type=NONNEG_INT, default=None,
+                   help="explicit negatives per positive (default: 0 at stage 1, which trains on in-batch "
+                        "negatives only, and 1 at stages 2-3, a mined hard negative or a judged-I product; 1 at "
+                        "every stage for the combined, contrastive and triplet losses)")
     p.add_argument("--hard-negatives", choices=["mined", "none"], default="mined",
                    help="stages 2-3: add the mined hard negatives (default) or train on in-batch and judged-I "
                         "negatives only")
@@ -113,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(p, checkpoint_dir=True,
                     overwrite="this stage's finished checkpoint (stageN.pt) or an interrupted run of it")
     args = p.parse_args(argv)
+    if args.negatives is None:  # resolved here, so train_config.json records what was used
+        args.negatives = 0 if args.stage == 1 and args.loss == "infonce" else 1
     if args.loss == "triplet" and args.negatives < 1:
         p.error("--loss triplet needs explicit negatives: --negatives 1 or more")
     return args
@@ -142,6 +162,7 @@ class Trainer:
         self.history: list[dict] = []
         self.results: list[dict] = []
         self._p_tok: dict[tuple, TokenStore] = {}
+        self.batch_size = args.batch_size  # an integer once a stage is set up (auto resolved per stage)
 
     def continue_from(self, first_stage: int) -> None:
         """Carry best/history/results of the stages before `first_stage` (same checkpoint dir)."""
@@ -229,7 +250,8 @@ class Trainer:
         resumed = self._maybe_resume(stage, model, st["opt"], st["sched"], pos)
         if is_main_process():  # only once the stage is set up: a run that fails before keeps the old record
             write_json(self.ckdir / "train_config.json", {**args_to_config(a), "world_size": self.world,
-                                                          "precision": self.precision})
+                                                          "precision": self.precision,
+                                                          "batch_size_used": self.batch_size})
         if self.world > 1:
             for p in model.parameters():
                 dist.broadcast(p.data, 0)
@@ -282,6 +304,11 @@ class Trainer:
                                           model.config.product_max_len)
         p_tok = self._p_tok[key]
         epochs = a.epochs or STAGES[stage]["epochs"]
+        self.batch_size = a.batch_size
+        if a.batch_size == "auto":
+            per_epoch = min(a.epoch_pairs or len(data.pos_q), len(data.pos_q))
+            self.batch_size = auto_batch_size(per_epoch, self.world)
+            log.info("stage %d: batch size %d (auto: %s positives per epoch)", stage, self.batch_size, f"{per_epoch:,}")
         # epoch 1's plan sets the schedule length; it is reused when stage 1 trains epoch 1
         plan1 = self._plan(data, p_tok, 1)
         steps_per_epoch = math.ceil(len(plan1) / a.grad_accum)
@@ -298,7 +325,7 @@ class Trainer:
 
     def _plan(self, data: StageData, p_tok: TokenStore, epoch: int) -> list[Batch]:
         a = self.args
-        return plan_epoch(data, p_tok.lengths, a.batch_size, a.negatives, a.seed, epoch, a.bucket_batches,
+        return plan_epoch(data, p_tok.lengths, self.batch_size, a.negatives, a.seed, epoch, a.bucket_batches,
                           a.epoch_pairs, a.distinct_queries)
 
     def _train_epoch(self, model, st: dict, batches: list[Batch], start: int, pos: dict, epoch: int, t0: float,
@@ -415,7 +442,7 @@ class Trainer:
         """Validation loss on fixed batches + Recall@10/MRR of val queries on a bounded corpus."""
         model.eval()
         a = self.args
-        batches = plan_epoch(val, p_tok.lengths, a.batch_size, a.negatives, a.seed, 0)[:a.val_batches]
+        batches = plan_epoch(val, p_tok.lengths, self.batch_size, a.negatives, a.seed, 0)[:a.val_batches]
         losses = [float(self._forward(model, b, vq_tok, p_tok, judged, None)[0]) for b in batches]
         gt = self.ground_truth[self.ground_truth["split"] == "val"]
         rng = np.random.default_rng(a.seed)
@@ -575,7 +602,7 @@ def main(args: argparse.Namespace) -> dict:
     rank, world = init_distributed()
     set_seed(args.seed + rank)
     torch.manual_seed(args.seed)  # identical dropout streams: same result for any process count
-    if args.batch_size % world:
+    if args.batch_size != "auto" and args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     trainer = Trainer(args, rank, world)
     stage = args.stage

@@ -168,8 +168,8 @@ SMOKE = {  # flag -> check on (metrics, checkpoint dir); every training flag goe
     "loss-infonce": (["--loss", "infonce"], None),
     "loss-contrastive": (["--loss", "contrastive", "--negatives", "2"], None),
     "loss-triplet": (["--loss", "triplet", "--negatives", "2"], None),
-    "logq": (["--logq"], "logq"),
-    "symmetric": (["--symmetric"], "symmetric"),
+    "logq": (["--logq", "--negatives", "1"], "logq"),
+    "symmetric": (["--no-symmetric"], "symmetric"),
     "grad-accum": (["--grad-accum", "2"], "grad_accum"),
     "patience": (["--patience", "1", "--lr", "0", "--epochs", "3"], "patience"),
     "separate": (["--tower-sharing", "separate"], "separate"),
@@ -196,7 +196,8 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0])  # another loss, another value
     if check in ("logq", "symmetric"):  # the first batch's loss differs from the same run without the flag
         ref = tmp_path / "ref"
-        tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit)))
+        same = [f for f in flags if f not in ("--logq", "--no-symmetric")]
+        tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, *same)))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)
     if check == "grad_accum":  # each optimiser step consumed two batches of 8
         assert [s["pairs"] for s in steps] == [16, 32]
@@ -450,3 +451,19 @@ def test_architecture_flags_given_at_stage2_are_named_as_ignored(data_dir, tmp_p
     from two_tower_model import TwoTowerModel
     assert TwoTowerModel.from_pretrained(ck / "stage2.pt").config.projection_dim == 0
     assert not any(m.startswith("--base-model") for m in msgs), msgs  # the same base model, spelled as given
+
+
+def test_auto_batch_size_rule_and_what_training_uses(data_dir, tmp_path, tiny_encoder_dir):
+    """--batch-size auto: the largest of 64/32/16 with >= 32 steps an epoch; the trainer plans with it."""
+    assert [TP.auto_batch_size(n) for n in (100, 534, 1023, 1024, 2048, 4_000_000)] == [16, 16, 16, 32, 64, 64]
+    assert TP.auto_batch_size(534, world=3) == 18 and TP.auto_batch_size(10**6, world=4) == 64
+    assert tt.parse_args(["--stage", "1"]).batch_size == "auto"
+    argv = [a for a in _argv(data_dir, tmp_path / "ck", tiny_encoder_dir) if a not in ("--batch-size", "8")]
+    m = tt.main(tt.parse_args([*argv, "--stage", "1", "--epochs", "1", "--max-steps", "2"]))
+    n_pos = int((pd.read_parquet(data_dir / "training_pairs.parquet")["label"] > 0).sum())
+    want = TP.auto_batch_size(n_pos)
+    assert want == 16 < n_pos  # a few hundred positives: 16, not the 64 of large data
+    cfg = json.loads((tmp_path / "ck" / "train_config.json").read_text())
+    assert cfg["batch_size"] == "auto" and cfg["batch_size_used"] == want
+    pairs = [json.loads(x)["pairs"] for x in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
+    assert pairs == [want, 2 * want] and m["stages"][0]["steps"] == 2
