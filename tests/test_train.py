@@ -467,3 +467,40 @@ def test_auto_batch_size_rule_and_what_training_uses(data_dir, tmp_path, tiny_en
     assert cfg["batch_size"] == "auto" and cfg["batch_size_used"] == want
     pairs = [json.loads(x)["pairs"] for x in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
     assert pairs == [want, 2 * want] and m["stages"][0]["steps"] == 2
+
+
+def test_default_negatives_are_in_batch_at_stage1_and_one_mined_after(data_dir, tmp_path, tiny_encoder_dir):
+    """--negatives unset: 0 at stage 1 (in-batch only), 1 at stages 2-3 (the mined hard negative);
+    1 at every stage for the losses built on explicit pairs."""
+    assert tt.parse_args(["--stage", "1"]).negatives == 0
+    assert tt.parse_args(["--stage", "2"]).negatives == 1 and tt.parse_args(["--stage", "3"]).negatives == 1
+    assert tt.parse_args(["--stage", "1", "--loss", "combined"]).negatives == 1
+    assert tt.parse_args(["--stage", "1", "--negatives", "3"]).negatives == 3
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2")))
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
+    pairs[pairs["label"] == 0].head(40)[["query_id", "query", "product_id"]].to_parquet(hard_negatives_path(data_dir, 2))
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "2")))
+    steps = [json.loads(x) for x in (ck / "train_log.jsonl").read_text().splitlines()]
+    assert [("neg_cos" in s) for s in steps] == [False, False, True, True]  # explicit negatives only in stage 2
+    assert json.loads((ck / "train_config.json").read_text())["negatives"] == 1
+
+
+def test_val_loss_is_the_same_in_batch_loss_at_every_stage(data_dir, tmp_path, tiny_encoder_dir, monkeypatch):
+    """Validation batches carry no explicit negatives with --loss infonce, whatever the stage trains
+    on, so the val losses that pick best_model.pt (--select val_loss, the default) compare."""
+    seen = []
+    real = tt.plan_epoch
+
+    def plan(data, lengths, batch_size, n_neg, seed, epoch, *a, **k):
+        if epoch == 0:
+            seen.append(n_neg)
+        return real(data, lengths, batch_size, n_neg, seed, epoch, *a, **k)
+
+    monkeypatch.setattr(tt, "plan_epoch", plan)
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1", "--negatives", "2")))
+    assert seen == [0] and tt.parse_args(["--stage", "1"]).select == "val_loss"
+    tt.main(tt.parse_args(_argv(data_dir, tmp_path / "c2", tiny_encoder_dir, "--stage", "1", "--max-steps", "1",
+                                "--loss", "combined")))
+    assert seen == [0, 1]  # losses built on explicit pairs validate with them
