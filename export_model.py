@@ -129,8 +129,8 @@ def model_card(model: TwoTowerModel, checkpoint: Path, router: bool, report: dic
              f"| checkpoint | `{checkpoint.name}`, fingerprint {model.fingerprint()} |",
              f"| training progress | {json.dumps(model.progress) if model.progress else 'not recorded'} |"]
     if train_config:
-        keep = ("loss", "lr", "batch_size", "temperature", "negatives", "hard_negatives", "label_weights", "select",
-                "epochs", "seed")
+        keep = ("loss", "symmetric", "lr", "batch_size", "batch_size_used", "temperature", "negatives", "hard_negatives",
+                "label_weights", "select", "epochs", "seed")
         lines += ["", "## Training configuration", "", "```json",
                   json.dumps({k: train_config[k] for k in keep if k in train_config}, indent=1), "```"]
     if data_stats:
