@@ -34,8 +34,8 @@ from pathlib import Path
 import torch.nn as nn
 
 from two_tower_model import Tower, TwoTowerModel
-from utils import (refuse_overwrite, DEFAULT_DATA_DIR, UserError, add_common_args, eval_dir, file_sha256, log, read_json,
-                   require_writable, run_cli, setup_logging, tmp_prefix, write_json)
+from utils import (DEFAULT_DATA_DIR, UserError, add_common_args, eval_dir, file_sha256, log, read_json,
+                   refuse_overwrite, require_writable, run_cli, setup_logging, tmp_prefix, write_json)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,8 +129,8 @@ def model_card(model: TwoTowerModel, checkpoint: Path, router: bool, report: dic
              f"| checkpoint | `{checkpoint.name}`, fingerprint {model.fingerprint()} |",
              f"| training progress | {json.dumps(model.progress) if model.progress else 'not recorded'} |"]
     if train_config:
-        keep = ("loss", "symmetric", "lr", "batch_size", "batch_size_used", "temperature", "negatives", "hard_negatives",
-                "label_weights", "select", "epochs", "seed")
+        keep = ("loss", "symmetric", "lr", "batch_size", "batch_size_used", "temperature", "negatives",
+                "hard_negatives", "label_weights", "select", "epochs", "seed")
         lines += ["", "## Training configuration", "", "```json",
                   json.dumps({k: train_config[k] for k in keep if k in train_config}, indent=1), "```"]
     if data_stats:

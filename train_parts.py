@@ -5,6 +5,7 @@
     loss_inputs          everything a loss receives besides the embeddings, built on the model's device
     parse_label_weights  --label-weights E=1,S=0.9,C=0.6
     SELECT, better       the validation score that picks best_model.pt, and the comparison rule
+    shown_score          that score as a user reads it (the val loss itself, not its negation)
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def parse_label_weights(text: str) -> dict[str, float]:
                                              f"and WEIGHT >= 0, e.g. E=1,S=0.9,C=0")
         out[lab.strip().upper()] = w
     return out
+
+
+def shown_score(select: str, score: float) -> float:
+    """A SELECT score as logs show it: SELECT negates the val loss so that higher is always better;
+    the log shows the loss itself."""
+    return -score if select == "val_loss" else score
 
 
 def better(vm: dict, best: dict | None, select: str) -> bool:

@@ -43,13 +43,14 @@ import losses as L
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, stage_done
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
-from train_parts import SELECT, auto_batch_size, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights
+from train_parts import (SELECT, auto_batch_size, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights,
+                         shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
-from utils import (progress, FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError,
-                   add_common_args, args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported,
-                   get_device, hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint,
-                   load_catalog, load_prepared, log, progress_path, require_writable, run_cli, set_seed,
-                   stage_checkpoint, write_json)
+from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError, add_common_args,
+                   args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported, get_device,
+                   hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint, load_catalog,
+                   load_prepared, log, progress, progress_path, require_writable, run_cli, set_seed, stage_checkpoint,
+                   write_json)
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 
@@ -188,7 +189,7 @@ class Trainer:
                 shutil.copyfile(src, tmp)
             log.info("redoing stage %d: best_model.pt is again the stage-%s epoch-%s model (%s %.4f) until a "
                      "redone stage beats it", first_stage, self.best["stage"], self.best["epoch"],
-                     self.args.select, -self.best["score"] if self.args.select == "val_loss" else self.best["score"])
+                     self.args.select, shown_score(self.args.select, self.best["score"]))
 
     # -- model and data ------------------------------------------------------------------------
     def build_model(self, stage: int) -> tuple[TwoTowerModel, int]:
@@ -622,9 +623,8 @@ def main(args: argparse.Namespace) -> dict:
     trainer.run_stage(stage)
     metrics = trainer.metrics()
     if is_main_process():
-        score = trainer.best["score"]
         log.info("training done: best val %s %.4f (recall@10 %.4f; stage %s epoch %s)", args.select,
-                 -score if args.select == "val_loss" else score, trainer.best["recall@10"], trainer.best.get("stage"),
+                 shown_score(args.select, trainer.best["score"]), trainer.best["recall@10"], trainer.best.get("stage"),
                  trainer.best["epoch"])
     if world > 1:
         dist.destroy_process_group()

@@ -298,6 +298,8 @@ def test_model_selection_rule():
     assert not TP.better({"recall@10": 0.6, "ndcg@10": 0.6, "val_loss": 0.5}, best, "recall+ndcg")
     assert TP.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 0.4}, {"score": -0.5, "val_loss": 0.5}, "val_loss")
     assert TP.better({"recall@10": 0.0, "ndcg@10": 0.0, "val_loss": 9.0}, {"recall@10": -1.0, "score": None}, "ndcg@10")
+    assert TP.shown_score("val_loss", TP.SELECT["val_loss"]({"val_loss": 0.4})) == 0.4
+    assert TP.shown_score("recall+ndcg", 1.2) == 1.2
 
 
 def test_label_weights_change_what_is_trained(data_dir, tmp_path):
@@ -479,7 +481,8 @@ def test_default_negatives_are_in_batch_at_stage1_and_one_mined_after(data_dir, 
     ck = tmp_path / "ck"
     tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2")))
     pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
-    pairs[pairs["label"] == 0].head(40)[["query_id", "query", "product_id"]].to_parquet(hard_negatives_path(data_dir, 2))
+    mined = pairs[pairs["label"] == 0].head(40)[["query_id", "query", "product_id"]]
+    mined.to_parquet(hard_negatives_path(data_dir, 2))
     tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "2")))
     steps = [json.loads(x) for x in (ck / "train_log.jsonl").read_text().splitlines()]
     assert [("neg_cos" in s) for s in steps] == [False, False, True, True]  # explicit negatives only in stage 2
@@ -499,7 +502,8 @@ def test_val_loss_is_the_same_in_batch_loss_at_every_stage(data_dir, tmp_path, t
 
     monkeypatch.setattr(tt, "plan_epoch", plan)
     ck = tmp_path / "ck"
-    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1", "--negatives", "2")))
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1",
+                                "--negatives", "2")))
     assert seen == [0] and tt.parse_args(["--stage", "1"]).select == "val_loss"
     tt.main(tt.parse_args(_argv(data_dir, tmp_path / "c2", tiny_encoder_dir, "--stage", "1", "--max-steps", "1",
                                 "--loss", "combined")))
