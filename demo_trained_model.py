@@ -26,7 +26,7 @@ import pandas as pd
 
 from embeddings import load_index
 from two_tower_model import TwoTowerModel
-from utils import (add_alias, UserError, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
+from utils import (UserError, add_alias, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
                    int_range, load_catalog, load_prepared, log, run_cli)
 
 MAX_QUERY_CHARS = 500

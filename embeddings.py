@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 import backends
-from utils import (progress, UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, read_json, read_parquet,
-                   write_json, write_parquet)
+from utils import (UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, progress, read_json,
+                   read_parquet, write_json, write_parquet)
 
 CHUNK = 8192
 

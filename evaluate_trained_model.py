@@ -32,9 +32,9 @@ import pandas as pd
 from embeddings import load_index, search
 from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
 from two_tower_model import TwoTowerModel
-from utils import (refuse_overwrite, ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args,
-                   add_comparison_args, args_to_config, atomic_path, eval_dir, file_sha256, get_device,
-                   index_dir, load_catalog, load_prepared, log, peak_rss_mb, require_writable, run_cli, write_json)
+from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args, add_comparison_args,
+                   args_to_config, atomic_path, eval_dir, file_sha256, get_device, index_dir, load_catalog,
+                   load_prepared, log, peak_rss_mb, refuse_overwrite, require_writable, run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
 # written before report.json, which lists them with their sha256: report.json is the completion marker

@@ -35,10 +35,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from utils import (SAMPLE_SEED, old_version_option, refuse_overwrite, progress, ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE,
-                   POSITIVE_WEIGHTS, PRODUCTS_FILE, Timer, UserError, add_common_args, args_to_config,
-                   build_product_text, float_range, log, parquet_writer, peak_rss_mb, require_file, require_writable, run_cli,
-                   write_json, write_parquet)
+from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE, POSITIVE_WEIGHTS,
+                   PRODUCTS_FILE, SAMPLE_SEED, Timer, UserError, add_common_args, args_to_config, build_product_text,
+                   float_range, log, old_version_option, parquet_writer, peak_rss_mb, progress, refuse_overwrite,
+                   require_file, require_writable, run_cli, write_json, write_parquet)
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),

@@ -27,9 +27,9 @@ import numpy as np
 
 from embeddings import build_index, catalog_embeddings, save_index_meta, search, write_index
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (add_alias, refuse_overwrite, DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_common_args, args_to_config,
-                   best_checkpoint, index_dir as default_index_dir, init_distributed, int_range,
-                   is_main_process, load_catalog, log, read_parquet, require_writable, run_cli)
+from utils import (DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, add_alias, add_common_args, args_to_config,
+                   best_checkpoint, index_dir as default_index_dir, init_distributed, int_range, is_main_process,
+                   load_catalog, log, read_parquet, refuse_overwrite, require_writable, run_cli)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from sample_vocab import (ADJ, COLORS, DESCRIPTIONS, GENERIC_BULLETS, QUERY_MODS, TYPES, TYPE_INDEX)
-from utils import (SAMPLE_SEED, UserError, add_alias, progress, EXAMPLES_FILE, POSITIVE_INT, PRODUCTS_FILE, Timer, add_common_args, log, parquet_writer,
-                   run_cli, write_json)
+from utils import (EXAMPLES_FILE, POSITIVE_INT, PRODUCTS_FILE, SAMPLE_SEED, Timer, UserError, add_alias,
+                   add_common_args, log, parquet_writer, progress, run_cli, write_json)
 
 SIZES = {
     # products, queries, mean judged per query

@@ -39,8 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import checkpoint as ckpt
-from utils import (add_alias, add_common_args, progress, DEFAULT_BASE_MODEL, NONNEG_INT, POSITIVE_INT, UserError, bf16_supported, get_device,
-                   int_range, resolve_model_path, run_cli)
+from utils import (DEFAULT_BASE_MODEL, NONNEG_INT, POSITIVE_INT, UserError, add_alias, add_common_args, bf16_supported,
+                   get_device, int_range, progress, resolve_model_path, run_cli)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from backends import OpenVINOTower, openvino_available  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
 from sample_catalog import make_sample_catalog  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import (SAMPLE_SEED, ESCI_GAINS, EXAMPLES_FILE, PRODUCTS_FILE, add_alias, add_version_arg,  # noqa: E402
+from utils import (ESCI_GAINS, EXAMPLES_FILE, PRODUCTS_FILE, SAMPLE_SEED, add_alias, add_version_arg,  # noqa: E402
                    bf16_supported, build_product_text, resolve_model_path)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

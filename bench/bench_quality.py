@@ -44,8 +44,8 @@ from embeddings import build_index, catalog_embeddings, search  # noqa: E402
 from evaluate_trained_model import judged_rerank_ndcg, paired_bootstrap_ci  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import (add_version_arg, DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint, load_catalog, load_prepared,  # noqa: E402
-                   resolve_model_path, setup_logging)
+from utils import (DEFAULT_BASE_MODEL, ESCI_GAINS, add_version_arg, best_checkpoint, load_catalog,  # noqa: E402
+                   load_prepared, resolve_model_path, setup_logging)
 
 STAGE1_EPOCHS = 2
 COMPARED = ("recall@10", "ndcg@10", "mrr", "kdd_task1_ndcg")
