@@ -38,6 +38,11 @@ def index_dir(data_dir: str | os.PathLike, baseline: bool = False) -> Path:
     return Path(data_dir) / ("indices_baseline" if baseline else "indices")
 
 
+def bm25_index_dir(data_dir: str | os.PathLike) -> Path:
+    """The BM25 index of the catalog (lexical.py), built by reindex_with_trained_model.py --bm25."""
+    return Path(data_dir) / "indices_bm25"
+
+
 def hard_negatives_path(data_dir: str | os.PathLike, stage: int) -> Path:
     """Hard negatives mined for training stage `stage` (2: by the stage-1 model, 3: by stage 2)."""
     return Path(data_dir) / f"hard_negatives_stage{stage}.parquet"
@@ -74,6 +79,7 @@ def progress_path(checkpoint_dir: str | os.PathLike) -> Path:
 def artifact_paths(data_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike) -> dict[str, Path]:
     """Every path run_workflow.sh checks, by shell variable name."""
     return {"INDICES": index_dir(data_dir), "INDICES_BASELINE": index_dir(data_dir, baseline=True),
+            "INDICES_BM25": bm25_index_dir(data_dir),
             "HN2": hard_negatives_path(data_dir, 2), "HN3": hard_negatives_path(data_dir, 3),
             "EVAL": eval_dir(data_dir), "STAGE1": stage_checkpoint(checkpoint_dir, 1),
             "STAGE2": stage_checkpoint(checkpoint_dir, 2), "STAGE3": stage_checkpoint(checkpoint_dir, 3),
@@ -392,6 +398,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `path`; when the block succeeds it replaces `path`
+    (an existing directory is moved aside first and deleted after the swap), when it raises it is
+    deleted. Readers see the old directory or the new one, never a half-written one."""
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 directories
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=tmp_prefix(path) + "old.", suffix=".tmp", dir=path.parent))
+            os.rmdir(old)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
