@@ -1,8 +1,11 @@
-"""Phase 8: interactive terminal demo: trained two-tower search side by side with the baseline.
+"""Phase 8: interactive terminal demo: trained two-tower search side by side with the baseline and,
+with --hybrid, the trained model fused with BM25 (what a user would serve next to their lexical engine).
 
 Reads: --checkpoint (default checkpoints/best_model.pt) + data/indices, the baseline model +
-data/indices_baseline, data/products_clean.parquet (titles), data/ground_truth.parquet (ESCI labels
-shown wherever a query-product pair was judged). Writes nothing but ~/.ttsn_demo_history.
+data/indices_baseline, with --hybrid data/indices_bm25 (and the dense weight the evaluation chose
+on the validation queries, from data/eval/report.json, unless --hybrid-weight is given),
+data/products_clean.parquet (titles), data/ground_truth.parquet (ESCI labels shown wherever a
+query-product pair was judged). Writes nothing but ~/.ttsn_demo_history.
 
 Interactive: type a query; commands :k N, :hnsw, :flat, :embed, :help, :quit (Ctrl-D/Ctrl-C exit).
 Scripts:  --query "..." (repeatable) prints results and exits; queries piped on stdin are answered
@@ -10,6 +13,7 @@ one per line; --json prints one JSON object per query.
 
 Example (after the workflow):
     python demo_trained_model.py --query "bathroom fan without light"
+    python demo_trained_model.py --hybrid --no-baseline --query "3/4 pex elbow"
     echo "aa batteries 24 pack" | python demo_trained_model.py --json
 """
 from __future__ import annotations
@@ -24,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embeddings import load_index
+from lexical import Bm25Index
+from retrieval import Bm25Searcher, DenseSearcher, HybridSearcher
 from two_tower_model import TwoTowerModel
-from utils import (UserError, add_alias, add_common_args, add_comparison_args, clean_text, get_device, index_dir,
-                   int_range, load_catalog, load_prepared, log, run_cli)
+from utils import (UserError, add_alias, add_common_args, add_comparison_args, bm25_index_dir, clean_text, eval_dir,
+                   float_range, get_device, index_dir, int_range, load_catalog, load_prepared, log, read_json,
+                   run_cli)
 
 MAX_QUERY_CHARS = 500
 HELP = """commands:
@@ -46,31 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int_range(1, 100), default=10, help="results shown per query")
     add_alias(p, "--k", "--top-k")
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat")
+    p.add_argument("--hybrid", action="store_true", help="also show the trained model fused with BM25")
+    p.add_argument("--hybrid-weight", type=float_range(0.0, 1.0), default=None, metavar="W",
+                   help="dense weight of the fusion (default: the one data/eval/report.json records, chosen on the "
+                        "validation queries; 0.5 without a report)")
+    p.add_argument("--bm25-index-dir", type=Path, default=None, help="default: DATA_DIR/indices_bm25")
     add_common_args(p, seed=False)
     return p.parse_args(argv)
-
-
-class System:
-    """A model and its indices (flat and, when built, hnsw)."""
-
-    def __init__(self, name: str, model: TwoTowerModel, index_dir: Path, products: pd.DataFrame):
-        self.name, self.model = name, model
-        self.indices = {}
-        for kind in ("flat", "hnsw"):
-            try:
-                self.indices[kind], self.ids, _ = load_index(index_dir, kind, model=model,
-                                                             products=products if kind == "flat" else None)
-            except UserError:
-                if kind == "flat":
-                    raise
-        self.row = pd.Series(np.arange(len(self.ids)), index=self.ids)
-
-    def search(self, query: str, k: int, kind: str) -> tuple[np.ndarray, list[str], list[float]]:
-        q = self.model.encode_queries([query])
-        index = self.indices.get(kind) or self.indices["flat"]
-        scores, rows = index.search(q, min(k, index.ntotal))
-        keep = rows[0] >= 0
-        return q[0], self.ids[rows[0][keep]].tolist(), scores[0][keep].tolist()
 
 
 class Demo:
@@ -87,10 +75,15 @@ class Demo:
             for q, g in gt.groupby(gt["query"].str.lower().str.strip()):
                 self.labels[q] = dict(zip(g["product_id"], g["esci_label"]))
         trained = TwoTowerModel.from_pretrained(args.checkpoint).to(dev)
-        self.systems = [System("trained", trained, args.index_dir or index_dir(d), prod)]
+        self.systems = [DenseSearcher("trained", trained, args.index_dir or index_dir(d), prod)]
         if not args.no_baseline:
             base = TwoTowerModel.from_pretrained(args.base_model).to(dev)
-            self.systems.append(System("baseline", base, args.baseline_index_dir or index_dir(d, True), prod))
+            self.systems.append(DenseSearcher("baseline", base, args.baseline_index_dir or index_dir(d, True), prod))
+        self.hybrid_weight = None
+        if args.hybrid:
+            bm25 = Bm25Index.load(args.bm25_index_dir or bm25_index_dir(d), prod)
+            self.hybrid_weight = hybrid_weight(args)
+            self.systems.append(HybridSearcher(self.systems[0], Bm25Searcher(bm25), self.hybrid_weight))
         self.k, self.kind, self.json = args.top_k, args.index, args.json
         self.last: dict | None = None
         self.startup_s = time.perf_counter() - t0
@@ -109,17 +102,20 @@ class Demo:
         t = time.perf_counter()
         judged = self.labels.get(query.lower(), {})
         res = {"query": query, "k": self.k, "index": self.kind, "systems": {}}
+        if self.hybrid_weight is not None:
+            res["hybrid_weight"] = self.hybrid_weight
         embs = {}
         for s in self.systems:
-            e, ids, scores = s.search(query, self.k, self.kind)
-            embs[s.name] = e
+            ids, scores = s.search(query, self.k, self.kind)
+            if isinstance(s, DenseSearcher):
+                embs[s.name] = s.last_embedding
             res["systems"][s.name] = [{"rank": i + 1, "score": round(float(sc), 4), "product_id": pid,
                                        "title": self.titles.get(pid, ""), "esci_label": judged.get(pid)}
                                       for i, (pid, sc) in enumerate(zip(ids, scores))]
         res["ms"] = round(1000 * (time.perf_counter() - t), 1)
         if note:
             res["note"] = note
-        if len(self.systems) == 2:
+        if "baseline" in res["systems"]:
             a = {r["product_id"] for r in res["systems"]["trained"]}
             b = {r["product_id"] for r in res["systems"]["baseline"]}
             res["overlap"] = len(a & b)
@@ -138,7 +134,7 @@ class Demo:
               + (f"   [{res['note']}]" if res.get("note") else ""))
         print(" | ".join(f"{n:<{col}}"[:col] for n in names))
         print("-+-".join("-" * col for _ in names))
-        other = {n: {r["product_id"] for r in res["systems"][m]} for n in names for m in names if m != n}
+        other = {n: {r["product_id"] for m in names if m != n for r in res["systems"][m]} for n in names}
         for i in range(res["k"]):
             cells = []
             for n in names:
@@ -147,19 +143,22 @@ class Demo:
                     cells.append(" " * col)
                     continue
                 r = rows[i]
-                mark = "*" if len(names) == 2 and r["product_id"] not in other[n] else " "
+                mark = "*" if len(names) > 1 and r["product_id"] not in other[n] else " "
                 head = f"{r['rank']:>2}{mark}{r['score']:.3f} {r['esci_label'] or '-'} "
                 cells.append((head + r["title"])[:col].ljust(col))
             print(" | ".join(cells))
         if "overlap" in res:
-            print(f"(* = not in the other list; {res['overlap']} of {res['k']} shared; "
-                  f"labels: E/S/C/I where judged, - unjudged)")
+            print(f"(* = in no other list; trained and baseline share {res['overlap']} of {res['k']}; "
+                  f"labels: E/S/C/I where judged, - unjudged"
+                  + (f"; hybrid dense weight {res['hybrid_weight']:.2f})" if "hybrid_weight" in res else ")"))
 
     def show_embedding(self) -> None:
         if not self.last:
             self.say("no query yet")
             return
         for s in self.systems:
+            if s.name not in self.last["embeddings"]:
+                continue
             e = self.last["embeddings"][s.name]
             top = self.last["result"]["systems"][s.name]
             cos = top[0]["score"] if top else float("nan")
@@ -175,7 +174,7 @@ class Demo:
             self.k = int(rest[0])
             self.say(f"showing the top {self.k}")
         elif cmd in ("hnsw", "flat"):
-            if cmd == "hnsw" and any("hnsw" not in s.indices for s in self.systems):
+            if cmd == "hnsw" and any("hnsw" not in s.indices for s in self.systems if isinstance(s, DenseSearcher)):
                 self.say("no HNSW index built (reindex_with_trained_model.py builds it); staying on flat")
             else:
                 self.kind = cmd
@@ -215,6 +214,20 @@ class Demo:
                     break
             else:
                 self.answer(line)
+
+
+def hybrid_weight(args: argparse.Namespace) -> float:
+    """--hybrid-weight, else the trained system's weight chosen on val by the last evaluation, else 0.5."""
+    if args.hybrid_weight is not None:
+        return args.hybrid_weight
+    report = eval_dir(args.data_dir) / "report.json"
+    try:
+        w = read_json(report)["hybrid"]["weights"]["trained"]
+        log.info("hybrid dense weight %.2f (chosen on the validation queries, %s)", w, report)
+        return float(w)
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("no hybrid weight in %s (run evaluate_trained_model.py); fusing with dense weight 0.5", report)
+        return 0.5
 
 
 def _enable_history() -> None:

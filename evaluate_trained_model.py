@@ -1,18 +1,27 @@
-"""Phase 7: evaluate the trained system against the pretrained baseline on the test queries.
+"""Phase 7: evaluate the trained system against what a user would run otherwise, on the test queries.
 
-Reads: the trained model (--checkpoint, default checkpoints/best_model.pt) with its index
-(--index-dir, default data/indices) and the baseline model (--base-model) with
-data/indices_baseline (both built by reindex_with_trained_model.py; a missing one is reported with
-the command that builds it); data/ground_truth.parquet (split test)
-and data/products_clean.parquet. Every test query is retrieved from the whole catalog.
+Systems, every one retrieving each test query from the whole catalog:
+  baseline               the pretrained model (--base-model) over data/indices_baseline
+  trained                the trained model (--checkpoint) over data/indices
+  bm25                   BM25 over the same product text (lexical.py, data/indices_bm25)
+  hybrid(M+bm25)         M's top 200 fused with BM25's: w * minmax(M) + (1 - w) * minmax(BM25), the
+                         dense weight w chosen on the validation queries (--hybrid-weight; recorded)
+  rrf(M+bm25)            reciprocal-rank fusion of the two lists (k = 60)
+  for M = trained and baseline (--no-bm25: baseline and trained only). A missing index is
+  reported with the command that builds it; a BM25 index of another catalog, or a damaged one, is
+  refused.
+
+Reads: the two models and their indices, data/indices_bm25, data/ground_truth.parquet (split test,
+and val for the hybrid weight) and data/products_clean.parquet.
 Writes (--out-dir, default data/eval):
-  report.json   {"baseline": {...}, "trained": {...}, "delta": {...}, "relative": {...}, "ci95": {...},
-                 "per_query": {...}, "speed": {...}, "files": {name: sha256}}; metrics as flat numbers: recall@K, precision@K,
-                 ndcg@K (ESCI gains E 1, S 0.1, C 0.01), mrr, map, K = 1 5 10 20 50 100 200, and
-                 kdd_task1_ndcg: the KDD Cup 2022 Task 1 number (each query's judged products
-                 re-ranked by the model, nDCG with gains E 1, S 0.1, C 0.01, I 0, over all queries)
-  report.md     comparison table; recall_at_k.png, ndcg10_per_query_delta.png
-  baseline.run, trained.run (TREC, top 200), qrels.txt (E 3, S 2, C 1, I 0)
+  report.json   {"systems": {name: metrics}, "comparisons": {"A - B": {gain, ci95, better/worse/same}},
+                 "hybrid": {weights, validation grid}, "speed": {name: ...}, "baseline", "trained",
+                 "delta", "relative", "ci95", "per_query", "files": {name: sha256}}; metrics as flat
+                 numbers: recall@K, precision@K, ndcg@K (ESCI gains E 1, S 0.1, C 0.01), mrr, map,
+                 K = 1 5 10 20 50 100 200, and kdd_task1_ndcg (KDD Cup 2022 Task 1: each query's
+                 judged products re-ranked by the system, nDCG with gains E 1, S 0.1, C 0.01, I 0)
+  report.md     the comparison tables; recall_at_k.png, ndcg10_per_query_delta.png
+  <system>.run  TREC run files (top 200), qrels.txt (E 3, S 2, C 1, I 0)
 report.json is written last and lists the other files with their sha256 (run_workflow.sh checks
 them): a run killed part-way leaves no report.json, so nothing reads a half-finished evaluation.
 
@@ -22,34 +31,49 @@ Example (after the workflow's reindex step):
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from embeddings import load_index, search
-from metrics import DEFAULT_KS, evaluate_run, kdd_task1_ndcg
+from lexical import Bm25Index
+from metrics import DEFAULT_KS, paired_bootstrap_ci
+from retrieval import (HYBRID_DEPTH, Bm25Searcher, DenseSearcher, HybridSearcher, bm25_run, choose_weight,
+                       dense_run, fused_run, judged_candidates, run_metrics)
 from two_tower_model import TwoTowerModel
 from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args, add_comparison_args,
-                   args_to_config, atomic_path, eval_dir, file_sha256, get_device, index_dir, load_catalog,
-                   load_prepared, log, peak_rss_mb, refuse_overwrite, require_writable, run_cli, write_json)
+                   args_to_config, atomic_path, bm25_index_dir, eval_dir, file_sha256, float_range, get_device,
+                   index_dir, load_catalog, load_prepared, log, peak_rss_mb, refuse_overwrite, require_writable,
+                   run_cli, write_json)
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
-# written before report.json, which lists them with their sha256: report.json is the completion marker
-REPORT_FILES = ("baseline.run", "trained.run", "qrels.txt", "report.md", "recall_at_k.png", "ndcg10_per_query_delta.png")
-HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "precision@10", "kdd_task1_ndcg"]
+DENSE = ("baseline", "trained")
+SYSTEMS = ["baseline", "trained", "bm25",
+           *(f"{f}({n}+bm25)" for f in ("hybrid", "rrf") for n in ("trained", "baseline"))]  # report order
+HEADLINE = ["recall@10", "recall@50", "recall@200", "ndcg@10", "mrr", "map", "kdd_task1_ndcg"]
+CI_METRICS = ("recall@10", "ndcg@10", "kdd_task1_ndcg")
+PLOTS = ("recall_at_k.png", "ndcg10_per_query_delta.png")
+# (reference, system): the report gives system - reference with its paired-bootstrap CI
+COMPARISONS = [("baseline", "trained"), ("bm25", "trained"), ("trained", "hybrid(trained+bm25)"),
+               ("bm25", "hybrid(trained+bm25)"), ("hybrid(baseline+bm25)", "hybrid(trained+bm25)"),
+               ("bm25", "hybrid(baseline+bm25)")]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_comparison_args(p)
+    p.add_argument("--bm25-index-dir", type=Path, default=None, help="the BM25 index (default: DATA_DIR/indices_bm25)")
+    p.add_argument("--no-bm25", action="store_true", help="compare the two dense systems only (no BM25, no hybrid)")
+    p.add_argument("--hybrid-weight", type=float_range(0.0, 1.0), default=None, metavar="W",
+                   help="dense weight of the hybrid (0 = BM25 only, 1 = dense only); default: chosen on the "
+                        "validation queries, per dense system")
     p.add_argument("--index", choices=["flat", "hnsw"], default="flat", help="index used for the metrics")
     p.add_argument("--relevant", choices=["E", "ES"], default="E", help="labels that count as relevant")
     p.add_argument("--split", default="test")
-    p.add_argument("--top-k", type=POSITIVE_INT, default=200)
+    p.add_argument("--top-k", type=POSITIVE_INT, default=HYBRID_DEPTH)
     p.add_argument("--bootstrap", type=POSITIVE_INT, default=2000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--latency-queries", type=NONNEG_INT, default=200, help="queries timed one by one")
     p.add_argument("--out-dir", type=Path, default=None, help="default: DATA_DIR/eval")
@@ -60,18 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------
-def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of mean(b - a) over queries resampled with replacement."""
-    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    if len(d) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    for i in range(0, n, 256):  # chunks keep memory bounded for 9k queries
-        k = min(256, n - i)
-        means[i:i + k] = d[rng.integers(0, len(d), size=(k, len(d)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+def run_file(system: str) -> str:
+    """TREC run file name of a system: hybrid(trained+bm25) -> hybrid_trained_bm25.run."""
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9]+", "_", system.lower())).strip("_") + ".run"
 
 
 def trec_run_lines(run: dict, scores: dict, tag: str) -> list[str]:
@@ -82,62 +97,34 @@ def trec_qrels_lines(qrels: dict) -> list[str]:
     return [f"{q} 0 {pid} {TREC_GRADE[lab]}" for q, j in qrels.items() for pid, lab in j.items()]
 
 
-def judged_rerank_ndcg(q_emb: np.ndarray, query_ids, vectors: Callable[[np.ndarray], np.ndarray],
-                       row_of: pd.Series, qrels: dict) -> np.ndarray:
-    """KDD Task 1 nDCG per query (in `query_ids` order): its judged catalog products scored by
-    q . p and re-ranked; q_emb (n, d) aligned with query_ids, vectors(rows) -> (len(rows), d)
-    product embeddings (an array's rows, or a FAISS index's stored vectors)."""
-    out = np.zeros(len(query_ids))
-    for i, q in enumerate(query_ids):
-        judged = qrels.get(q, {})
-        rows = row_of.reindex(list(judged)).dropna().astype(np.int64)
-        if rows.empty:
-            continue
-        sc = np.asarray(vectors(rows.to_numpy())) @ q_emb[i]
-        out[i] = kdd_task1_ndcg(dict(zip(rows.index, sc.tolist())), judged)
+def compare(per: dict, a: str, b: str, n_boot: int, seed: int) -> dict:
+    """b - a on the CI metrics (mean gain, paired-bootstrap 95% CI) and NDCG@10 wins/losses."""
+    out = {}
+    for k in CI_METRICS:
+        lo, hi = paired_bootstrap_ci(per[a][k], per[b][k], n_boot, seed)
+        out[k] = {"gain": float(np.mean(per[b][k] - per[a][k])), "ci95": [lo, hi]}
+    d = per[b]["ndcg@10"] - per[a]["ndcg@10"]
+    out["ndcg@10_better_worse_same"] = [int((d > 1e-9).sum()), int((d < -1e-9).sum()), int((np.abs(d) <= 1e-9).sum())]
     return out
+
+
+def latency(searcher, queries: list[str], k: int, kind: str = "flat") -> dict:
+    """End to end, one query at a time (encode + search [+ BM25 + fusion]): p50 / p95 ms, queries/s."""
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        searcher.search(q, k, kind)
+        lat.append(1000 * (time.perf_counter() - t))
+    if not lat:
+        return {}
+    return {f"{kind}_latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
+            f"{kind}_latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
+            f"{kind}_qps_single": round(1000 / float(np.mean(lat)), 1)}
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# One system
-# ---------------------------------------------------------------------------------------------
-def run_system(name: str, model: TwoTowerModel, index_dir: Path, products: pd.DataFrame, queries: pd.DataFrame,
-               qrels: dict, args) -> dict:
-    index, ids, meta = load_index(index_dir, args.index, model=model, products=products)
-    with Timer() as t_enc:
-        qe = model.encode_queries(queries["query"].tolist())
-    with Timer() as t_search:
-        scores, rows = search(index, qe, args.top_k)
-    run = {q: ids[r[r >= 0]].tolist() for q, r in zip(queries["query_id"], rows)}
-    # KDD Task 1 re-ranks judged products: their vectors are already in the index (no encode)
-    kdd = judged_rerank_ndcg(qe, queries["query_id"].tolist(), index.reconstruct_batch,
-                             pd.Series(np.arange(len(ids)), index=ids), qrels)
-    sc = {q: s[r >= 0].tolist() for q, s, r in zip(queries["query_id"], scores, rows)}
-    speed = {"query_encode_ms": round(1000 * t_enc.seconds / max(len(queries), 1), 3),
-             "search_batch_qps": round(len(queries) / max(t_search.seconds, 1e-9), 1),
-             "product_encode_per_s": meta.get("encode_products_per_s")}
-    lat_q = queries["query"].head(args.latency_queries).tolist()
-    for kind in ("flat", "hnsw"):
-        try:
-            idx = index if kind == args.index else load_index(index_dir, kind)[0]
-        except UserError:
-            continue
-        lat = []
-        for q in lat_q:  # end to end, one query at a time: encode + search
-            t = time.perf_counter()
-            idx.search(model.encode_queries([q]), min(args.top_k, idx.ntotal))
-            lat.append(1000 * (time.perf_counter() - t))
-        if lat:
-            speed[f"{kind}_latency_ms_p50"] = round(float(np.percentile(lat, 50)), 2)
-            speed[f"{kind}_latency_ms_p95"] = round(float(np.percentile(lat, 95)), 2)
-            speed[f"{kind}_qps_single"] = round(1000 / float(np.mean(lat)), 1)
-    log.info("%s: retrieved %d queries from %s (%s)", name, len(queries), index_dir, args.index)
-    return {"run": run, "scores": sc, "speed": speed, "index_meta": meta, "kdd": kdd}
 
 
 def require_index(model_kind: str, args, index_dir: Path) -> Path:
@@ -150,84 +137,166 @@ def require_index(model_kind: str, args, index_dir: Path) -> Path:
                     f"--index-dir {index_dir}`")
 
 
+def _split(gt: pd.DataFrame, split: str) -> tuple[pd.DataFrame, dict]:
+    part = gt[gt["split"] == split]
+    return (part.drop_duplicates("query_id")[["query_id", "query"]],
+            {q: dict(zip(g["product_id"], g["esci_label"])) for q, g in part.groupby("query_id")})
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict:
     out = args.out_dir or eval_dir(args.data_dir)
-    refuse_overwrite(args, out / "report.json", *(out / f for f in REPORT_FILES), option="--out-dir")
+    refuse_overwrite(args, out / "report.json", out / "report.md", option="--out-dir")
     out = require_writable(out, "--out-dir")
     dev = get_device(args.device)
     gt = load_prepared(args.data_dir, "ground_truth")
     products = load_catalog(args.data_dir)
-    test = gt[gt["split"] == args.split]
-    if test.empty:
+    if not (gt["split"] == args.split).any():
         raise UserError(f"{args.data_dir / 'ground_truth.parquet'} has no '{args.split}' queries")
-    in_cat = test["product_id"].isin(products["product_id"])
-    if not in_cat.any():
+    if not gt.loc[gt["split"] == args.split, "product_id"].isin(products["product_id"]).any():
         raise UserError("no judged test product is in products_clean.parquet: ground truth and catalog do not match")
-    qrels = {q: dict(zip(g["product_id"], g["esci_label"])) for q, g in test.groupby("query_id")}
-    queries = test.drop_duplicates("query_id")[["query_id", "query"]]
+    queries, qrels = _split(gt, args.split)
+    val_queries, val_qrels = _split(gt, "val")
+    cands = judged_candidates(qrels, pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy()))
     rel = tuple(args.relevant)
-    systems = {}
-    trained = TwoTowerModel.from_pretrained(args.checkpoint).to(dev)
-    baseline = TwoTowerModel.from_pretrained(args.base_model).to(dev)
-    for name, model, idx in (("baseline", baseline, args.baseline_index_dir or index_dir(args.data_dir, True)),
-                             ("trained", trained, args.index_dir or index_dir(args.data_dir))):
-        systems[name] = run_system(name, model, require_index(name, args, idx), products, queries, qrels,
-                                   args)
-    report: dict = {"relevant": "+".join(rel), "split": args.split, "index": args.index, "ks": list(DEFAULT_KS),
-                    "queries": int(len(queries)), "catalog_size": len(products), "gains": ESCI_GAINS}
-    per = {}
-    for name, s in systems.items():
-        m, per[name] = evaluate_run(s["run"], qrels, rel, ESCI_GAINS, DEFAULT_KS)
-        m["kdd_task1_ndcg"] = float(np.mean(s["kdd"]))
-        per[name]["kdd_task1_ndcg"] = s["kdd"]
-        report[name] = m
-        report.setdefault("speed", {})[name] = s["speed"]
-    b, t = report["baseline"], report["trained"]
-    metrics = [k for k in b if k != "queries"]
-    report["delta"] = {k: t[k] - b[k] for k in metrics}
-    report["relative"] = {k: (t[k] - b[k]) / b[k] if b[k] else None for k in metrics}
-    report["ci95"] = {k: paired_bootstrap_ci(per["baseline"][k], per["trained"][k], args.bootstrap, args.seed)
-                      for k in ("recall@10", "ndcg@10", "kdd_task1_ndcg")}
-    d = per["trained"]["ndcg@10"] - per["baseline"]["ndcg@10"]
-    report["per_query"] = {"ndcg@10": {"better": int((d > 1e-9).sum()), "worse": int((d < -1e-9).sum()),
-                                       "same": int((np.abs(d) <= 1e-9).sum())}}
-    report["models"] = {"baseline": args.base_model, "trained": str(args.checkpoint)}
-    report["peak_rss_mb"] = round(peak_rss_mb())
-    report["config"] = args_to_config(args)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").unlink(missing_ok=True)  # the completion marker goes first and comes back last
-    for name, s in systems.items():
-        _write_lines(out / f"{name}.run", trec_run_lines(s["run"], s["scores"], name))
-    _write_lines(out / "qrels.txt", trec_qrels_lines(qrels))
-    md = render_markdown(report)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(md)
-    plot(report, d, out)
-    report["files"] = {f: file_sha256(out / f) for f in REPORT_FILES}
-    write_json(out / "report.json", report)
-    print(md)
+    models = {"trained": TwoTowerModel.from_pretrained(args.checkpoint).to(dev),
+              "baseline": TwoTowerModel.from_pretrained(args.base_model).to(dev)}
+    dirs = {"baseline": args.baseline_index_dir or index_dir(args.data_dir, True),
+            "trained": args.index_dir or index_dir(args.data_dir)}
+    bm25 = None
+    if not args.no_bm25:  # checked before the slow part: a missing or stale BM25 index stops here
+        bm25 = Bm25Index.load(args.bm25_index_dir or bm25_index_dir(args.data_dir), products)
+    runs, speed, searchers, index_meta = {}, {}, {}, {}
+    lat_q = queries["query"].head(args.latency_queries).tolist()
+    for name in DENSE:
+        s = searchers[name] = DenseSearcher(name, models[name], require_index(name, args, dirs[name]), products)
+        if args.index not in s.indices:
+            raise UserError(f"no {args.index} index in {dirs[name]}: rebuild it without --no-hnsw, or use --index flat")
+        with Timer() as t:
+            runs[name] = dense_run(models[name], s.indices[args.index], s.ids, queries, args.top_k, cands)
+        index_meta[name] = _index_meta(dirs[name])
+        speed[name] = {"batch_ms_per_query": round(1000 * t.seconds / max(len(queries), 1), 3),
+                       "product_encode_per_s": index_meta[name].get("encode_products_per_s"),
+                       **{k: v for kind in s.indices for k, v in latency(s, lat_q, args.top_k, kind).items()}}
+        log.info("%s: retrieved %d queries from %s (%s)", name, len(queries), dirs[name], args.index)
+    hybrid = {}
+    if bm25 is not None:
+        with Timer() as t:
+            runs["bm25"] = bm25_run(bm25, queries, args.top_k, cands)
+        lex = Bm25Searcher(bm25)
+        speed["bm25"] = {"batch_ms_per_query": round(1000 * t.seconds / max(len(queries), 1), 3),
+                         **latency(lex, lat_q, args.top_k)}
+        val_lex = bm25_run(bm25, val_queries, args.top_k)
+        hybrid = {"method": "convex: w * minmax(dense) + (1 - w) * minmax(bm25); rrf: k = 60",
+                  "depth": args.top_k, "val_queries": len(val_qrels), "weights": {}, "val_grid": {}}
+        for name in DENSE:
+            if args.hybrid_weight is not None:
+                w = args.hybrid_weight
+            else:
+                s = searchers[name]
+                val_dense = dense_run(models[name], s.indices[args.index], s.ids, val_queries, args.top_k)
+                w, hybrid["val_grid"][name] = choose_weight(val_dense, val_lex, val_qrels, rel, ESCI_GAINS)
+            hybrid["weights"][name] = w
+            runs[f"hybrid({name}+bm25)"] = fused_run(runs[name], runs["bm25"], "convex", w, args.top_k)
+            runs[f"rrf({name}+bm25)"] = fused_run(runs[name], runs["bm25"], "rrf", k=args.top_k)
+            speed[f"hybrid({name}+bm25)"] = latency(HybridSearcher(searchers[name], lex, w, depth=args.top_k),
+                                                     lat_q, args.top_k, args.index)
+        log.info("hybrid dense weights (%s): %s", "given" if args.hybrid_weight is not None else
+                 f"chosen on {len(val_qrels)} val queries", hybrid["weights"])
+    runs = {n: runs[n] for n in SYSTEMS if n in runs}
+    speed = {n: speed[n] for n in SYSTEMS if n in speed}
+    report = build_report(runs, qrels, cands, queries, rel, len(products), args)
+    report.update(speed=speed, hybrid=hybrid, index_meta=index_meta,
+                  bm25_index=None if bm25 is None else {k: v for k, v in bm25.meta.items() if k != "files"},
+                  models={"baseline": args.base_model, "trained": str(args.checkpoint)},
+                  peak_rss_mb=round(peak_rss_mb()), config=args_to_config(args))
+    write_outputs(report, runs, qrels, out)
+    print(report["markdown"])
     return report
 
 
+def _index_meta(d: Path) -> dict:
+    from utils import read_json
+    m = read_json(d / "metadata.json")
+    return {k: m.get(k) for k in ("model_fingerprint", "catalog_size", "encode_backend", "encode_products_per_s")}
+
+
+def build_report(runs: dict, qrels: dict, cands: dict, queries: pd.DataFrame, rel: tuple, catalog_size: int,
+                 args) -> dict:
+    """Metrics of every system, the comparisons with their CIs, and the markdown of report.md."""
+    report: dict = {"relevant": "+".join(rel), "split": args.split, "index": args.index, "ks": list(DEFAULT_KS),
+                    "queries": int(len(queries)), "catalog_size": catalog_size, "gains": ESCI_GAINS, "systems": {}}
+    per = {}
+    for name, run in runs.items():
+        report["systems"][name], per[name] = run_metrics(run, qrels, cands, rel, ESCI_GAINS, DEFAULT_KS,
+                                                         query_order=queries["query_id"].tolist())
+    b, t = report["systems"]["baseline"], report["systems"]["trained"]
+    metrics = [k for k in b if k != "queries"]
+    report.update(baseline=b, trained=t, delta={k: t[k] - b[k] for k in metrics},
+                  relative={k: (t[k] - b[k]) / b[k] if b[k] else None for k in metrics})
+    report["comparisons"] = {f"{s} - {r}": compare(per, r, s, args.bootstrap, args.seed)
+                             for r, s in COMPARISONS if r in runs and s in runs}
+    tb = report["comparisons"]["trained - baseline"]
+    report["ci95"] = {k: tuple(tb[k]["ci95"]) for k in CI_METRICS}
+    bws = tb["ndcg@10_better_worse_same"]
+    report["per_query"] = {"ndcg@10": {"better": bws[0], "worse": bws[1], "same": bws[2]}}
+    report["_ndcg_delta"] = per["trained"]["ndcg@10"] - per["baseline"]["ndcg@10"]
+    return report
+
+
+def write_outputs(report: dict, runs: dict, qrels: dict, out: Path) -> None:
+    """Run files, qrels, report.md, plots, then report.json (the completion marker) last."""
+    delta = report.pop("_ndcg_delta")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)  # the completion marker goes first and comes back last
+    for name in set(SYSTEMS) - set(runs):  # an earlier report's runs of systems not in this one
+        (out / run_file(name)).unlink(missing_ok=True)
+    files = []
+    for name, run in runs.items():
+        _write_lines(out / run_file(name), trec_run_lines(run.ids, run.scores, run_file(name)[:-4]))
+        files.append(run_file(name))
+    _write_lines(out / "qrels.txt", trec_qrels_lines(qrels))
+    report["markdown"] = render_markdown(report)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(report["markdown"])
+    plot(report, delta, out)
+    report["files"] = {f: file_sha256(out / f) for f in [*files, "qrels.txt", "report.md", *PLOTS]}
+    write_json(out / "report.json", report)
+
+
 def render_markdown(r: dict) -> str:
-    rows = [f"# Baseline vs trained two-tower ({r['queries']:,} {r['split']} queries, "
-            f"{r['catalog_size']:,} products, relevant = {r['relevant']}, index {r['index']})", "",
-            "| metric | baseline | trained | Δ abs | Δ rel |", "| --- | ---: | ---: | ---: | ---: |"]
-    for k in HEADLINE + [f"ndcg@{k}" for k in (5, 50)] + [f"recall@{k}" for k in (1, 5, 20, 100)]:
+    sysm = r["systems"]
+    rows = [f"# Retrieval on {r['queries']:,} {r['split']} queries ({r['catalog_size']:,} products, relevant = {r['relevant']}, "
+            f"index {r['index']})", "",
+            "| system | " + " | ".join(HEADLINE) + " |", "| --- |" + " ---: |" * len(HEADLINE)]
+    for name, m in sysm.items():
+        rows.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in HEADLINE) + " |")
+    h = r.get("hybrid") or {}
+    if h.get("weights"):
+        how = (f"chosen on {h['val_queries']} validation queries" if h.get("val_grid") else "given")
+        rows += ["", f"hybrid = w × min-max(dense) + (1 − w) × min-max(BM25) over each system's top "
+                     f"{h['depth']}, dense weight w "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in h["weights"].items()) + f" ({how}); "
+                     "rrf = reciprocal-rank fusion, k = 60."]
+    rows += ["", "Paired bootstrap 95% CI of each difference (system − reference):", "",
+             "| system − reference | Δ recall@10 [CI] | Δ ndcg@10 [CI] | Δ kdd_task1_ndcg [CI] | "
+             "NDCG@10 better/worse/same |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, c in r["comparisons"].items():
+        cells = [f"{c[k]['gain']:+.4f} [{c[k]['ci95'][0]:+.4f}, {c[k]['ci95'][1]:+.4f}]" for k in CI_METRICS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " | " + "/".join(map(str, c["ndcg@10_better_worse_same"]))
+                    + " |")
+    rows += ["", "| metric | baseline | trained | Δ abs | Δ rel |", "| --- | ---: | ---: | ---: | ---: |"]
+    for k in ["precision@10"] + [f"ndcg@{k}" for k in (5, 50)] + [f"recall@{k}" for k in (1, 5, 20, 100)]:
         rel = r["relative"].get(k)
         rows.append(f"| {k} | {r['baseline'][k]:.4f} | {r['trained'][k]:.4f} | {r['delta'][k]:+.4f} | "
                     f"{'n/a' if rel is None else f'{rel:+.1%}'} |")
-    rows += ["", "Paired bootstrap 95% CI of the difference (trained − baseline): " + ", ".join(
-        f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in r["ci95"].items()),
-        f"Queries with NDCG@10 better / worse / same: {r['per_query']['ndcg@10']['better']} / "
-        f"{r['per_query']['ndcg@10']['worse']} / {r['per_query']['ndcg@10']['same']}", "",
-        "| speed | baseline | trained |", "| --- | ---: | ---: |"]
-    keys = sorted(set(r["speed"]["baseline"]) | set(r["speed"]["trained"]))
+    names = list(r["speed"])
+    keys = sorted({k for s in r["speed"].values() for k in s})
+    rows += ["", "| speed | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for k in keys:
-        rows.append(f"| {k} | {r['speed']['baseline'].get(k)} | {r['speed']['trained'].get(k)} |")
+        rows.append(f"| {k} | " + " | ".join(str(r["speed"][n].get(k, "–")) for n in names) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -235,22 +304,23 @@ def plot(r: dict, ndcg_delta: np.ndarray, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("baseline", "trained"):
-        ax.plot(r["ks"], [r[name][f"recall@{k}"] for k in r["ks"]], marker="o", label=name)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, m in r["systems"].items():
+        ax.plot(r["ks"], [m[f"recall@{k}"] for k in r["ks"]], marker="o", ms=3, label=name,
+                ls="--" if name.startswith("rrf") else "-")
     ax.set_xscale("log")
     ax.set_xlabel("K")
     ax.set_ylabel(f"Recall@K (relevant = {r['relevant']})")
-    ax.set_title("Recall@K, baseline vs trained")
+    ax.set_title("Recall@K of every system")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(out / "recall_at_k.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(np.arange(len(ndcg_delta)), np.sort(ndcg_delta)[::-1], width=1.0,
-           color=np.where(np.sort(ndcg_delta)[::-1] >= 0, "tab:green", "tab:red"))
+    d = np.sort(ndcg_delta)[::-1]
+    ax.bar(np.arange(len(d)), d, width=1.0, color=np.where(d >= 0, "tab:green", "tab:red"))
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("test queries (sorted)")
     ax.set_ylabel("NDCG@10 trained − baseline")

@@ -76,6 +76,21 @@ def kdd_task1_ndcg(scores: Mapping[Hashable, float], labels: Mapping[Hashable, s
     return ndcg_at_k([items[j] for j in order], g, len(items))
 
 
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of mean(b - a) over queries resampled with replacement (a and b are
+    two systems' per-query scores on the same queries, in the same order)."""
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    if len(d) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    for i in range(0, n, 256):  # chunks keep memory bounded for many queries
+        k = min(256, n - i)
+        means[i:i + k] = d[rng.integers(0, len(d), size=(k, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def evaluate_run(run: Mapping[Hashable, Sequence[Hashable]], qrels: Mapping[Hashable, Mapping[Hashable, str]],
                  relevant_labels: Iterable[str] = ("E",), gains: Mapping[str, float] | None = None,
                  ks: Sequence[int] = DEFAULT_KS) -> tuple[dict, dict]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole staged workflow, ending in a baseline-vs-trained comparison table:
-#   sample -> prepare -> baseline_index -> stage1 -> mine1 -> stage2 -> mine2 -> stage3 -> reindex -> evaluate
+#   sample -> prepare -> baseline_index -> bm25_index -> stage1 -> mine1 -> stage2 -> mine2 -> stage3 -> reindex -> evaluate
 #
 #   bash run_workflow.sh                    built-in sample catalog (small), outputs in data/ and checkpoints/
 #   bash run_workflow.sh --raw-dir ~/esci   the real ESCI parquet files (full-size schedule, no budget)
@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     *) echo "run_workflow.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-STEPS=(sample prepare baseline_index stage1 mine1 stage2 mine2 stage3 reindex evaluate)
+STEPS=(sample prepare baseline_index bm25_index stage1 mine1 stage2 mine2 stage3 reindex evaluate)
 for opt in FROM ONLY TO; do
   v=${!opt}
   if [ -n "$v" ] && [[ ! " ${STEPS[*]} " =~ " $v " ]]; then
@@ -135,6 +135,8 @@ step prepare "$DATA/prepare_stats.json" "$RAW/shopping_queries_dataset_examples.
   $PY prepare_training_data.py --raw-dir "$RAW" --data-dir "$DATA" "${PREP[@]+"${PREP[@]}"}"
 step baseline_index "$INDICES_BASELINE/metadata.json" "$DATA/products_clean.parquet" -- \
   $PY reindex_with_trained_model.py --baseline --data-dir "$DATA" --out-dir "$INDICES_BASELINE"
+step bm25_index "$INDICES_BM25/metadata.json" "$DATA/products_clean.parquet" -- \
+  $PY reindex_with_trained_model.py --bm25 --data-dir "$DATA" --out-dir "$INDICES_BM25"
 step stage1 "$STAGE1" "$DATA/training_pairs.parquet" "$DATA/val_pairs.parquet" "$DATA/products_clean.parquet" \
   "$DATA/ground_truth.parquet" -- train_stage 1
 step mine1 "$HN2" "$STAGE1" -- \
@@ -146,7 +148,8 @@ step stage3 "$STAGE3" "$STAGE2" "$HN3" -- train_stage 3
 # best_model.pt is what gets indexed: the index and the report are checked against it
 step reindex "$INDICES/metadata.json" "$BEST" "$DATA/products_clean.parquet" -- \
   $PY reindex_with_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --out-dir "$INDICES"
-step evaluate "$EVAL/report.json" "$BEST" "$INDICES/metadata.json" "$INDICES_BASELINE/metadata.json" -- \
+step evaluate "$EVAL/report.json" "$BEST" "$INDICES/metadata.json" "$INDICES_BASELINE/metadata.json" \
+  "$INDICES_BM25/metadata.json" -- \
   $PY evaluate_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --out-dir "$EVAL"
 if [ "$DRY" = 1 ]; then
   [ "${#PENDING[@]}" = 0 ] && echo "nothing to do: every step is up to date"

@@ -1,7 +1,8 @@
 """Benchmark: retrieval quality of the trained two-tower model against its peer, a plain
-sentence-transformers MNRL fine-tune, and the pretrained baseline, on one ESCI-format data set.
+sentence-transformers MNRL fine-tune, the pretrained baseline and BM25, alone and fused with BM25,
+on one ESCI-format data set.
 
-One run, one table, three systems on the same catalog and the same test queries, all scored by
+One run, one table, every system on the same catalog and the same test queries, all scored by
 the project's own metric code (metrics.evaluate_run, relevant = E, ESCI gains for NDCG, and the
 KDD Cup 2022 Task 1 nDCG), each with the paired-bootstrap 95% CI of its gain over the baseline and
 the count of test queries whose NDCG@10 is better / worse / the same:
@@ -13,6 +14,9 @@ the count of test queries whose NDCG@10 is better / worse / the same:
             and max length (128); with --peer-max-pairs, trained on at most that many pairs
   trained   the project's model: --checkpoint, or (default) the whole run_workflow.sh run on the
             data, with any extra training flags after `--`
+  bm25      lexical.Bm25Index over the same product text (Elasticsearch-like analyzer, k1 1.2, b 0.75)
+  hybrid(M+bm25)  M's top 200 fused with BM25's (convex min-max fusion, the dense weight chosen on
+            the validation queries, as evaluate_trained_model.py does), for M = trained and peer
 
 Reads: --raw-dir (ESCI files; default: the built-in `small` sample catalog), optional --checkpoint.
 Writes: --out-dir/quality_<tag>.json and .md (default bench/out/); work files under --work-dir.
@@ -40,9 +44,10 @@ import pandas as pd
 
 from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
 
-from embeddings import build_index, catalog_embeddings, search  # noqa: E402
-from evaluate_trained_model import judged_rerank_ndcg, paired_bootstrap_ci  # noqa: E402
-from metrics import evaluate_run  # noqa: E402
+from embeddings import build_index, catalog_embeddings  # noqa: E402
+from lexical import Bm25Index  # noqa: E402
+from metrics import paired_bootstrap_ci  # noqa: E402
+from retrieval import bm25_run, choose_weight, dense_run, fused_run, judged_candidates, run_metrics  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
 from utils import (DEFAULT_BASE_MODEL, ESCI_GAINS, add_version_arg, best_checkpoint, load_catalog,  # noqa: E402
                    load_prepared, resolve_model_path, setup_logging)
@@ -142,23 +147,20 @@ def train_peer(args, data: Path, out: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
-def score_system(model: TwoTowerModel, products: pd.DataFrame, queries: pd.DataFrame, qrels: dict,
-                 data: Path) -> dict:
-    """Retrieval from the whole catalog (exact) + KDD Task 1; means and per-query arrays. The catalog
-    embeddings come from the model's cache in `data` (filled by the workflow's reindex/mining)."""
+def dense_runs(model: TwoTowerModel, products: pd.DataFrame, sets: dict, data: Path) -> dict:
+    """The model's runs (exact search over the whole catalog, top 200) for each query set
+    {name: (queries, cands)}. The catalog embeddings come from the model's cache in `data`
+    (filled by the workflow's reindex/mining); judged products are scored from them (no encode)."""
     p_emb, _ = catalog_embeddings(model, products, data, show_progress=len(products) > 20_000)
-    q_emb = model.encode_queries(queries["query"].tolist())
-    _, rows = search(build_index(p_emb, "flat"), q_emb, 200)
+    index = build_index(p_emb, "flat")
     ids = products["product_id"].to_numpy()
-    run = {q: ids[r[r >= 0]].tolist() for q, r in zip(queries["query_id"], rows)}
-    means, per = evaluate_run(run, qrels, ("E",), ESCI_GAINS, ks=(10, 50, 200))
-    row_of = pd.Series(np.arange(len(products)), index=ids)
-    qlist = list(per["query"])
-    qpos = {q: i for i, q in enumerate(queries["query_id"])}
-    kdd_all = judged_rerank_ndcg(q_emb, queries["query_id"].tolist(), lambda r: p_emb[r], row_of, qrels)
-    means["kdd_task1_ndcg"] = float(kdd_all.mean())
-    per["kdd_task1_ndcg"] = kdd_all[[qpos[q] for q in qlist]]  # aligned with the other per-query arrays
-    means["kdd_task1_ndcg_all_queries"] = len(kdd_all)
+    return {name: dense_run(model, index, ids, q, 200, cands, vectors=lambda r: p_emb[r])
+            for name, (q, cands) in sets.items()}
+
+
+def score(run, qrels: dict, cands: dict, queries: pd.DataFrame) -> dict:
+    means, per = run_metrics(run, qrels, cands, ("E",), ESCI_GAINS, (10, 50, 200), queries["query_id"].tolist())
+    means["kdd_task1_ndcg_all_queries"] = len(queries)
     return {"means": means, "per": per}
 
 
@@ -176,11 +178,14 @@ def compare(systems: dict, n_boot: int, seed: int) -> dict:
             row["ndcg@10_better_worse_same"] = [int((d > 1e-9).sum()), int((d < -1e-9).sum()),
                                                 int((np.abs(d) <= 1e-9).sum())]
         out[name] = row
-    if "peer" in systems and "trained" in systems:
-        tr, pe = systems["trained"]["per"], systems["peer"]["per"]
-        out["trained_vs_peer"] = {k: {"gain": round(float(np.mean(tr[k] - pe[k])), 4),
-                                      "ci95": [round(x, 4) for x in paired_bootstrap_ci(pe[k], tr[k], n_boot, seed)]}
-                                  for k in COMPARED}
+    for ref in ("peer", "bm25"):  # trained_vs_peer, trained_vs_bm25, and the hybrid against its parts
+        for sys_ in ("trained", "hybrid(trained+bm25)"):
+            if ref in systems and sys_ in systems:
+                tr, pe = systems[sys_]["per"], systems[ref]["per"]
+                key = f"{'trained' if sys_ == 'trained' else 'hybrid'}_vs_{ref}"
+                out[key] = {k: {"gain": round(float(np.mean(tr[k] - pe[k])), 4),
+                                "ci95": [round(x, 4) for x in paired_bootstrap_ci(pe[k], tr[k], n_boot, seed)]}
+                            for k in COMPARED}
     return out
 
 
@@ -190,7 +195,7 @@ def markdown(res: dict) -> str:
              f"{res['catalog_size']:,} products (relevant = E)", "",
              "| system | Recall@10 | NDCG@10 | MRR | KDD Task 1 nDCG | NDCG@10 better/worse/same |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name in ("baseline", "peer", "trained"):
+    for name in res["labels"]:
         if name not in t:
             continue
         r = t[name]
@@ -203,10 +208,16 @@ def markdown(res: dict) -> str:
         bws = "–" if name == "baseline" else "/".join(map(str, r["ndcg@10_better_worse_same"]))
         lines.append(f"| {res['labels'][name]} | {cell('recall@10')} | {cell('ndcg@10')} | {cell('mrr')} | "
                      f"{cell('kdd_task1_ndcg')} | {bws} |")
-    if "trained_vs_peer" in t:
-        v = t["trained_vs_peer"]
-        lines += ["", "Trained − peer: " + ", ".join(
-            f"{k} {v[k]['gain']:+.4f} [{v[k]['ci95'][0]:+.3f}, {v[k]['ci95'][1]:+.3f}]" for k in COMPARED)]
+    for key, what in (("trained_vs_peer", "Trained − peer"), ("trained_vs_bm25", "Trained − BM25"),
+                      ("hybrid_vs_bm25", "hybrid(trained+bm25) − BM25"),
+                      ("hybrid_vs_peer", "hybrid(trained+bm25) − peer")):
+        if key in t:
+            v = t[key]
+            lines += ["", f"{what}: " + ", ".join(
+                f"{k} {v[k]['gain']:+.4f} [{v[k]['ci95'][0]:+.3f}, {v[k]['ci95'][1]:+.3f}]" for k in COMPARED)]
+    if res.get("hybrid_weights"):
+        lines += ["", "Hybrid dense weights (chosen on the validation queries): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in res["hybrid_weights"].items())]
     lines += ["", f"Command: `{res['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -234,15 +245,32 @@ def main(args) -> dict:
         res["peer_training"] = train_peer(args, data, peer_dir)
     products = load_catalog(data)
     gt = load_prepared(data, "ground_truth")
-    test = gt[gt["split"] == "test"]
-    qrels = {q: dict(zip(g["product_id"], g["esci_label"])) for q, g in test.groupby("query_id")}
-    queries = test.drop_duplicates("query_id")[["query_id", "query"]]
+    row_of = pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy())
+    sets = {}
+    for split in ("test", "val"):
+        part = gt[gt["split"] == split]
+        qrels = {q: dict(zip(g["product_id"], g["esci_label"])) for q, g in part.groupby("query_id")}
+        sets[split] = (part.drop_duplicates("query_id")[["query_id", "query"]], qrels)
+    (queries, qrels), (val_queries, val_qrels) = sets["test"], sets["val"]
+    cands = judged_candidates(qrels, row_of)
     models = {"baseline": TwoTowerModel.from_pretrained(args.base_model),
               "peer": TwoTowerModel.from_pretrained(str(peer_dir)),
               "trained": TwoTowerModel.from_pretrained(trained_ck)}
-    res["labels"] = {"baseline": "baseline (pretrained MiniLM)", "peer": "peer: ST MNRL fine-tune",
-                     "trained": "trained two-tower (this project)"}
-    systems = {name: score_system(m, products, queries, qrels, data) for name, m in models.items()}
+    res["labels"] = {"baseline": "baseline (pretrained MiniLM)", "bm25": "BM25 (bm25s, k1 1.2, b 0.75)",
+                     "peer": "peer: ST MNRL fine-tune", "trained": "trained two-tower (this project)",
+                     "hybrid(peer+bm25)": "hybrid(peer + BM25)", "hybrid(trained+bm25)": "hybrid(trained + BM25)"}
+    runs = {}
+    for name, m in models.items():
+        r = dense_runs(m, products, {"test": (queries, cands), "val": (val_queries, None)}, data)
+        runs[name], runs[f"{name}:val"] = r["test"], r["val"]
+    bm25 = Bm25Index.build(products, show_progress=False)
+    runs["bm25"], runs["bm25:val"] = bm25_run(bm25, queries, 200, cands), bm25_run(bm25, val_queries, 200)
+    res["hybrid_weights"] = {}
+    for name in ("peer", "trained"):
+        w, _ = choose_weight(runs[f"{name}:val"], runs["bm25:val"], val_qrels, ("E",), ESCI_GAINS)
+        res["hybrid_weights"][name] = w
+        runs[f"hybrid({name}+bm25)"] = fused_run(runs[name], runs["bm25"], "convex", w)
+    systems = {name: score(runs[name], qrels, cands, queries) for name in res["labels"]}
     res.update(catalog_size=len(products), test_queries=systems["baseline"]["means"]["queries"],
                metrics={k: s["means"] for k, s in systems.items()},
                table=compare(systems, args.bootstrap, args.seed))

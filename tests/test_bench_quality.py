@@ -23,7 +23,10 @@ def test_bench_quality_three_systems(tmp_path, tiny_encoder_dir):
                                  "--work-dir", str(tmp_path / "work"), "--out-dir", str(out),
                                  "--resplit-queries", "0.5", "--tag", "t"]))
     saved = json.loads((out / "quality_t.json").read_text())
-    assert saved["table"] == res["table"] and set(res["table"]) == {"baseline", "peer", "trained", "trained_vs_peer"}
+    assert saved["table"] == res["table"]
+    assert set(res["table"]) == {"baseline", "bm25", "peer", "trained", "hybrid(peer+bm25)", "hybrid(trained+bm25)",
+                                 "trained_vs_peer", "trained_vs_bm25", "hybrid_vs_bm25", "hybrid_vs_peer"}
+    assert set(res["hybrid_weights"]) == {"peer", "trained"}
     t = res["table"]
     # identical weights: the trained row equals the baseline exactly, gain 0
     assert t["trained"]["recall@10"] == t["baseline"]["recall@10"] and t["trained"]["recall@10_gain"] == 0
@@ -38,4 +41,4 @@ def test_bench_quality_three_systems(tmp_path, tiny_encoder_dir):
     made = json.loads((tmp_path / "work" / "raw" / "sample_catalog.json").read_text())
     assert made["seed"] == sample_catalog.parse_args([]).sample_seed
     md = (out / "quality_t.md").read_text()
-    assert "peer: ST MNRL fine-tune" in md and "KDD Task 1" in md
+    assert "peer: ST MNRL fine-tune" in md and "KDD Task 1" in md and "BM25 (bm25s" in md and "Trained − BM25" in md

@@ -22,6 +22,7 @@ def demo_env(tiny_data, tiny_encoder_dir, tmp_path_factory):
     m.save(ck)
     rx.main(rx.parse_args(["--checkpoint", str(ck), "--data-dir", str(d)]))
     rx.main(rx.parse_args(["--baseline", "--base-model", str(tiny_encoder_dir), "--data-dir", str(d)]))
+    rx.main(rx.parse_args(["--bm25", "--data-dir", str(d)]))
     return d, ck, tiny_encoder_dir
 
 
@@ -78,3 +79,27 @@ def test_subprocess_piped_stdin(demo_env):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "query: 'aa batteries'" in r.stdout and "query: 'dog leash'" in r.stdout
     assert "empty query" in r.stdout and "trained" in r.stdout and "baseline" in r.stdout
+
+
+def test_hybrid_shows_the_fused_ranking(demo_env, capsys, tmp_path):
+    import fusion
+    d = demo_env[0]
+    argv = _argv(demo_env, "--query", "aa batteries 24 pack", "--json", "--top-k", "5", "--hybrid", "--no-baseline")
+    demo = demo_mod.main(demo_mod.parse_args([*argv, "--hybrid-weight", "0.3"]))
+    res = json.loads(capsys.readouterr().out)
+    assert list(res["systems"]) == ["trained", "hybrid(trained+bm25)"] and res["hybrid_weight"] == 0.3
+    # the shown list is the fusion of the two systems' lists, as the evaluation fuses them
+    dense, bm25 = demo.systems[1].dense, demo.systems[1].bm25
+    ids, _ = fusion.convex_fuse(*dense.search("aa batteries 24 pack", 200), *bm25.search("aa batteries 24 pack", 200),
+                                0.3, 5)
+    assert [r["product_id"] for r in res["systems"]["hybrid(trained+bm25)"]] == ids
+    # without --hybrid-weight: the weight the evaluation chose on the validation queries
+    (d / "eval").mkdir(exist_ok=True)
+    (d / "eval" / "report.json").write_text(json.dumps({"hybrid": {"weights": {"trained": 0.7}}}))
+    demo_mod.main(demo_mod.parse_args(argv))
+    assert json.loads(capsys.readouterr().out)["hybrid_weight"] == 0.7
+    (d / "eval" / "report.json").unlink()
+    demo_mod.main(demo_mod.parse_args(argv))
+    assert json.loads(capsys.readouterr().out)["hybrid_weight"] == 0.5  # no report: the neutral weight
+    with pytest.raises(UserError, match="no BM25 index in"):
+        demo_mod.main(demo_mod.parse_args([*argv, "--bm25-index-dir", str(tmp_path)]))

@@ -67,9 +67,9 @@ def test_evaluate_run_graded_gains_and_relevant_choice():
 def test_paired_bootstrap_ci():
     rng = np.random.default_rng(1)
     a = rng.random(300)
-    lo, hi = ev.paired_bootstrap_ci(a, a + 0.1, n=500)
+    lo, hi = M.paired_bootstrap_ci(a, a + 0.1, n=500)
     assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
-    lo, hi = ev.paired_bootstrap_ci(a, a + rng.normal(0.05, 0.2, 300), n=1000)
+    lo, hi = M.paired_bootstrap_ci(a, a + rng.normal(0.05, 0.2, 300), n=1000)
     assert lo < 0.05 < hi and hi - lo < 0.1
 
 
@@ -79,9 +79,12 @@ def test_evaluate_end_to_end(data_dir, tiny_encoder_dir, tmp_path):
     TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).save(ck)
     argv = ["--data-dir", str(data_dir), "--checkpoint", str(ck), "--base-model", str(tiny_encoder_dir),
             "--bootstrap", "100", "--latency-queries", "5"]
+    import reindex_with_trained_model as rx  # the workflow chains phases; the test does the same
+    with pytest.raises(UserError, match="no BM25 index in .*--bm25"):  # checked first: before any encode
+        ev.main(ev.parse_args(argv))
+    rx.main(rx.parse_args(["--bm25", "--data-dir", str(data_dir)]))
     with pytest.raises(UserError, match="reindex_with_trained_model.py --baseline"):
         ev.main(ev.parse_args(argv))
-    import reindex_with_trained_model as rx  # the workflow chains phases; the test does the same
     common = ["--data-dir", str(data_dir), "--no-hnsw", "--report-queries", "0"]
     rx.main(rx.parse_args(["--baseline", "--base-model", str(tiny_encoder_dir), *common]))
     with pytest.raises(UserError, match=f"--checkpoint {ck}"):
@@ -91,20 +94,50 @@ def test_evaluate_end_to_end(data_dir, tiny_encoder_dir, tmp_path):
     assert len(list((data_dir / "embeddings_cache").iterdir())) == 1
     r = ev.main(ev.parse_args(argv))
     out = data_dir / "eval"
-    for f in ("report.json", "report.md", "recall_at_k.png", "ndcg10_per_query_delta.png", "baseline.run",
-              "trained.run", "qrels.txt"):
+    systems = ["baseline", "trained", "bm25", "hybrid(trained+bm25)", "hybrid(baseline+bm25)", "rrf(trained+bm25)",
+               "rrf(baseline+bm25)"]
+    for f in ("report.json", "report.md", "recall_at_k.png", "ndcg10_per_query_delta.png", "qrels.txt",
+              *(ev.run_file(s) for s in systems)):
         assert (out / f).is_file(), f
+    assert ev.run_file("hybrid(trained+bm25)") == "hybrid_trained_bm25.run"
     rep = json.loads((out / "report.json").read_text())
+    assert list(rep["systems"]) == systems and set(rep["files"]) >= {"bm25.run", "hybrid_trained_bm25.run"}
     for block in ("baseline", "trained"):
         for k in ("recall@10", "precision@10", "mrr", "ndcg@10", "map", "recall@200"):
             assert isinstance(rep[block][k], float)
     # same weights as the baseline: identical metrics, zero deltas
     assert rep["delta"]["recall@10"] == pytest.approx(0) and r["per_query"]["ndcg@10"]["worse"] == 0
+    assert rep["comparisons"]["hybrid(trained+bm25) - hybrid(baseline+bm25)"]["recall@10"]["gain"] == 0
+    c = rep["comparisons"]["trained - bm25"]
+    assert c["recall@10"]["ci95"][0] <= c["recall@10"]["gain"] <= c["recall@10"]["ci95"][1]
+    assert sum(c["ndcg@10_better_worse_same"]) == rep["trained"]["queries"]
+    # the hybrid weight was chosen on the validation queries, and the choice is recorded
+    h = rep["hybrid"]
+    assert h["val_queries"] > 0 and set(h["weights"]) == {"trained", "baseline"}
+    assert h["weights"]["trained"] in [float(w) for w in h["val_grid"]["trained"]]
+    assert {"flat_latency_ms_p50", "flat_latency_ms_p95"} <= set(rep["speed"]["hybrid(trained+bm25)"])
     line = (out / "trained.run").read_text().splitlines()[0].split()
     assert len(line) == 6 and line[1] == "Q0" and line[3] == "1"
     assert set(l.split()[3] for l in (out / "qrels.txt").read_text().splitlines()) <= {"0", "1", "2", "3"}
-    assert "recall@10" in (out / "report.md").read_text() and "kdd_task1_ndcg" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "recall@10" in md and "kdd_task1_ndcg" in md and "| bm25 |" in md and "trained - bm25" in md
     assert 0 < rep["trained"]["kdd_task1_ndcg"] <= 1 and rep["delta"]["kdd_task1_ndcg"] == pytest.approx(0)
+    # a fixed weight is used as given; --no-bm25 compares the dense systems only
+    r = ev.main(ev.parse_args([*argv, "--overwrite", "--hybrid-weight", "0.3"]))
+    assert r["hybrid"]["weights"] == {"trained": 0.3, "baseline": 0.3} and not r["hybrid"]["val_grid"]
+    r = ev.main(ev.parse_args([*argv, "--overwrite", "--no-bm25"]))
+    assert list(r["systems"]) == ["baseline", "trained"] and not (out / "bm25.run").exists()
+
+
+def test_evaluate_refuses_a_stale_bm25_index(data_dir, tiny_encoder_dir, tmp_path):
+    import reindex_with_trained_model as rx
+    rx.main(rx.parse_args(["--bm25", "--data-dir", str(data_dir)]))
+    products = pd.read_parquet(data_dir / "products_clean.parquet")
+    products.iloc[:-1].to_parquet(data_dir / "products_clean.parquet")  # the catalog changed since
+    with pytest.raises(UserError, match="another catalog .*stale.*--bm25"):
+        ev.main(ev.parse_args(["--data-dir", str(data_dir), "--checkpoint", str(tiny_encoder_dir),
+                               "--base-model", str(tiny_encoder_dir)]))
+    assert not (data_dir / "eval" / "report.json").exists()
 
 
 def test_evaluate_bad_inputs(data_dir, tiny_encoder_dir, tmp_path):

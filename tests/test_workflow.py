@@ -44,20 +44,27 @@ def test_fast_workflow_end_to_end_and_rerun_skips(tmp_path):
         assert (tmp_path / "ck" / f).is_file()
     again = _run(tmp_path, "--fast")
     assert again.returncode == 0
-    assert again.stderr.count("up to date") == 10  # every step is skipped on a rerun
+    assert again.stderr.count("up to date") == 11  # every step is skipped on a rerun
     # --dry-run lists what a changed option or input would redo, and runs nothing
     assert "nothing to do" in _dry(tmp_path, "--fast")
-    all_steps = ["sample", "prepare", "baseline_index", "stage1", "mine1", "stage2", "mine2", "stage3",
+    all_steps = ["sample", "prepare", "baseline_index", "bm25_index", "stage1", "mine1", "stage2", "mine2", "stage3",
                  "reindex", "evaluate"]
     assert _dry_steps(tmp_path) == all_steps  # without --fast: the small sample, so everything
     shutil.copytree(tmp_path / "data" / "raw", tmp_path / "raw2")  # the same files elsewhere: other data
     assert _dry_steps(tmp_path, "--fast", "--raw-dir", str(tmp_path / "raw2")) == all_steps[1:]
-    assert _dry_steps(tmp_path, "--fast", "--", "--lr", "3e-5") == all_steps[3:]  # a training flag
+    assert _dry_steps(tmp_path, "--fast", "--", "--lr", "3e-5") == all_steps[4:]  # a training flag
     assert _dry_steps(tmp_path, "--fast", "--only", "evaluate", "--force") == ["evaluate"]
     assert (tmp_path / "data" / "raw" / "sample_catalog.json").is_file()
     (tmp_path / "data" / "eval" / "recall_at_k.png").unlink()  # a lost plot is noticed, not "up to date"
     assert _dry_steps(tmp_path, "--fast") == ["evaluate"]
+    rep = json.loads((tmp_path / "data" / "eval" / "report.json").read_text())
+    assert {"bm25", "hybrid(trained+bm25)"} <= set(rep["systems"])
+    # a damaged BM25 file is rebuilt (its checksum is in metadata.json), and the report after it
+    data = tmp_path / "data" / "indices_bm25" / "data.csc.index.npy"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    assert _dry_steps(tmp_path, "--fast") == ["bm25_index", "evaluate"]
     redo = _run(tmp_path, "--fast", "--from", "reindex")
+    assert "[bm25_index] done" in redo.stderr  # the damaged index was rebuilt on the way
     assert redo.returncode == 0 and "[reindex] done" in redo.stderr and "[evaluate] done" in redo.stderr
     assert "[stage3] up to date" in redo.stderr and "[reindex] up to date" not in redo.stderr
 

@@ -1,0 +1,179 @@
+"""Every retrieval system the suite evaluates, benchmarks and demos, in one place.
+
+Runs over a set of queries (evaluate_trained_model.py, bench/bench_quality.py):
+    dense_run(model, index, ids, queries, k, cands)   a two-tower model over a FAISS index
+    bm25_run(bm25, queries, k, cands)                 lexical.Bm25Index
+    fused_run(dense, lexical, method, weight, k)      hybrid: convex score fusion or RRF (fusion.py)
+    choose_weight(dense, lexical, qrels, cands)       the convex weight, chosen on validation queries
+    run_metrics(run, qrels, cands)                    means and per-query arrays, KDD Task 1 included
+A `Run` holds, per query, the ranked product ids with their scores and the scores the system gives
+the query's judged products (`cands`): the KDD Cup 2022 Task 1 re-rank of exactly those products.
+
+One query at a time (demo_trained_model.py, the latency figures of the report):
+    DenseSearcher, Bm25Searcher, HybridSearcher   .search(query, k) -> (product ids, scores)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+import fusion
+from embeddings import load_index, search
+from metrics import evaluate_run, kdd_task1_ndcg
+from utils import UserError
+
+WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # weight of the dense system; 0 = BM25 only
+HYBRID_DEPTH = 200  # each system's list that is fused (the report's top-k)
+
+
+@dataclass
+class Run:
+    """A system's results for a set of queries (all dicts keyed by query id)."""
+    ids: dict = field(default_factory=dict)      # ranked product ids, best first
+    scores: dict = field(default_factory=dict)   # their scores
+    judged: dict = field(default_factory=dict)   # scores of the query's judged products (cands order)
+
+
+def judged_candidates(qrels: dict, row_of: pd.Series) -> dict:
+    """Per query: (product ids, catalog rows) of its judged products that are in the catalog."""
+    out = {}
+    for q, judged in qrels.items():
+        rows = row_of.reindex(list(judged)).dropna().astype(np.int64)
+        out[q] = (rows.index.tolist(), rows.to_numpy())
+    return out
+
+
+def dense_run(model, index, ids: np.ndarray, queries: pd.DataFrame, k: int, cands: dict | None = None,
+              vectors=None) -> Run:
+    """Encode the queries, search the index; judged products scored by q . p, their vectors read
+    from the index (`index.reconstruct_batch`) or from `vectors(rows)` (no encode either way)."""
+    q_emb = model.encode_queries(queries["query"].tolist())
+    scores, rows = search(index, q_emb, k)
+    run = Run()
+    vec = vectors or index.reconstruct_batch
+    for i, q in enumerate(queries["query_id"]):
+        keep = rows[i] >= 0
+        run.ids[q], run.scores[q] = ids[rows[i][keep]].tolist(), scores[i][keep].tolist()
+        if cands is not None:
+            _, crow = cands.get(q, ([], np.zeros(0, np.int64)))
+            run.judged[q] = np.asarray(vec(crow)) @ q_emb[i] if len(crow) else np.zeros(0)
+    return run
+
+
+def bm25_run(bm25, queries: pd.DataFrame, k: int, cands: dict | None = None) -> Run:
+    """BM25 top k per query; judged products scored by BM25 (0 when no term matches)."""
+    run = Run()
+    hits = bm25.search(queries["query"].tolist(), k, show_progress=len(queries) > 5000)
+    for (q, text), (rows, sc) in zip(zip(queries["query_id"], queries["query"]), hits):
+        run.ids[q], run.scores[q] = bm25.ids[rows].tolist(), sc.tolist()
+        if cands is not None:
+            _, crow = cands.get(q, ([], np.zeros(0, np.int64)))
+            run.judged[q] = bm25.score_rows(text, crow)
+    return run
+
+
+def fused_run(dense: Run, lexical: Run, method: str = "convex", weight: float = 0.5, k: int = HYBRID_DEPTH,
+              rrf_k: int = fusion.RRF_K) -> Run:
+    """The hybrid of two runs over the same queries: convex fusion with the dense weight, or RRF."""
+    run = Run()
+    for q in dense.ids:
+        if method == "convex":
+            run.ids[q], run.scores[q] = fusion.convex_fuse(dense.ids[q], dense.scores[q], lexical.ids[q],
+                                                           lexical.scores[q], weight, k)
+        else:
+            run.ids[q], run.scores[q] = fusion.rrf_fuse([dense.ids[q], lexical.ids[q]], k, rrf_k)
+        if q in dense.judged:
+            a, b = dense.judged[q], lexical.judged[q]
+            run.judged[q] = fusion.convex_scores(a, b, weight) if method == "convex" else fusion.rrf_scores(a, b, rrf_k)
+    return run
+
+
+def run_metrics(run: Run, qrels: dict, cands: dict | None, relevant=("E",), gains=None,
+                ks: Sequence[int] = (10, 50, 200), query_order: Sequence | None = None) -> tuple[dict, dict]:
+    """evaluate_run's means and per-query arrays, plus kdd_task1_ndcg: the judged re-rank's nDCG per
+    query over every query in `query_order` (default: qrels order), as the KDD Cup averages it."""
+    means, per = evaluate_run(run.ids, qrels, relevant, gains, ks)
+    if cands is not None:
+        order = list(query_order if query_order is not None else qrels)
+        kdd = np.zeros(len(order))
+        for i, q in enumerate(order):
+            pids = cands.get(q, ([], None))[0]
+            if pids:
+                kdd[i] = kdd_task1_ndcg(dict(zip(pids, np.asarray(run.judged[q]).tolist())), qrels[q])
+        means["kdd_task1_ndcg"] = float(kdd.mean()) if len(kdd) else 0.0
+        per["kdd_task1_ndcg"] = kdd
+    return means, per
+
+
+def choose_weight(dense: Run, lexical: Run, qrels: dict, relevant=("E",), gains=None,
+                  grid: Sequence[float] = WEIGHT_GRID) -> tuple[float, dict]:
+    """The dense weight of the convex fusion that maximises mean Recall@10 + NDCG@10 over the
+    validation queries `qrels`, smoothed over neighbouring weights (fusion.smoothed_best).
+    Returns (weight, {weight: [recall@10, ndcg@10]}); 0.5 when there are no validation queries."""
+    table, objective = {}, []
+    if not any(lab in relevant for j in qrels.values() for lab in j.values()):
+        return 0.5, table
+    for w in grid:
+        m, _ = evaluate_run(fused_run(dense, lexical, "convex", w).ids, qrels, relevant, gains, (10,))
+        table[f"{w:.2f}"] = [round(m["recall@10"], 4), round(m["ndcg@10"], 4)]
+        objective.append(m["recall@10"] + m["ndcg@10"])
+    if all(v == 0 for v in objective):
+        return 0.5, table
+    return fusion.smoothed_best(grid, objective), table
+
+
+# ---------------------------------------------------------------------------------------------
+# One query at a time
+# ---------------------------------------------------------------------------------------------
+class DenseSearcher:
+    """A model with its indices (flat and, when built, hnsw)."""
+
+    def __init__(self, name: str, model, index_dir: Path, products: pd.DataFrame | None):
+        self.name, self.model, self.indices = name, model, {}
+        for kind in ("flat", "hnsw"):
+            try:
+                self.indices[kind], self.ids, _ = load_index(index_dir, kind, model=model,
+                                                             products=products if kind == "flat" else None)
+            except UserError:
+                if kind == "flat":
+                    raise
+        self.last_embedding: np.ndarray | None = None
+
+    def search(self, query: str, k: int, kind: str = "flat") -> tuple[list, list]:
+        q = self.model.encode_queries([query])
+        index = self.indices.get(kind) or self.indices["flat"]
+        scores, rows = index.search(q, min(k, index.ntotal))
+        keep = rows[0] >= 0
+        self.last_embedding = q[0]
+        return self.ids[rows[0][keep]].tolist(), scores[0][keep].tolist()
+
+
+class Bm25Searcher:
+    name = "bm25"
+
+    def __init__(self, bm25):
+        self.bm25 = bm25
+
+    def search(self, query: str, k: int, kind: str = "flat") -> tuple[list, list]:
+        rows, sc = self.bm25.search([query], k)[0]
+        return self.bm25.ids[rows].tolist(), sc.tolist()
+
+
+class HybridSearcher:
+    """Dense + BM25, each searched to `depth`, fused (convex with the dense `weight`, or RRF)."""
+
+    def __init__(self, dense: DenseSearcher, bm25: Bm25Searcher, weight: float = 0.5, method: str = "convex",
+                 depth: int = HYBRID_DEPTH):
+        self.dense, self.bm25, self.weight, self.method, self.depth = dense, bm25, weight, method, depth
+        self.name = f"hybrid({dense.name}+bm25)"
+
+    def search(self, query: str, k: int, kind: str = "flat") -> tuple[list, list]:
+        d_ids, d_sc = self.dense.search(query, max(k, self.depth), kind)
+        b_ids, b_sc = self.bm25.search(query, max(k, self.depth))
+        if self.method == "convex":
+            return fusion.convex_fuse(d_ids, d_sc, b_ids, b_sc, self.weight, k)
+        return fusion.rrf_fuse([d_ids, b_ids], k)
