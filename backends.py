@@ -6,14 +6,13 @@
   (`openvino.convert_model`, no hand-written graph) and compiled for the CPU, in bf16 where the CPU
   has native bf16 (AVX512_BF16 / AMX), else fp32. Tokenisation, prompts, length-sorted batching and
   max lengths are the model's own (`TwoTowerModel._encode`), so only the arithmetic differs.
+- `onnx`: the product tower exported once per run by PyTorch's own ONNX exporter (onnx_export.py,
+  the graph `export_model.py --format onnx` writes) and run by ONNX Runtime's CPU provider, fp32.
 - `auto` (default): `openvino` on a CPU with native bf16 when the package is installed, `torch`
   otherwise. The rule comes from `bench/bench_encode.py` (README "Benchmarks"): on AVX-512 + AMX
   bf16, OpenVINO bf16 is several times faster than torch with Recall@10 / NDCG@10 within 1% of
   torch fp32; on AVX2-only CPUs OpenVINO fp32 gains nothing over torch (reference measurement:
   1.02x), so torch stays.
-
-An ONNX Runtime backend is not offered: sentence-transformers' ONNX backend needs `optimum-onnx`,
-whose only release requires transformers < 4.58 (this suite runs transformers 5).
 
 Each backend's embeddings are cached separately (`backend_key` is part of the cache key), so a
 catalog encoded by one is never served as the other's.
@@ -27,11 +26,15 @@ import numpy as np
 
 from utils import UserError, bf16_supported, log
 
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = ("auto", "torch", "openvino", "onnx")
 
 
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
+
+
+def onnx_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxscript", "onnx"))
 
 
 def resolve_backend(name: str, device) -> str:
@@ -41,6 +44,12 @@ def resolve_backend(name: str, device) -> str:
     if name == "torch":
         return "torch"
     on_cpu = getattr(device, "type", str(device)) == "cpu"
+    if name == "onnx":
+        if not on_cpu:
+            raise UserError(f"--backend onnx runs on the CPU only, not on {device}; use --backend torch")
+        if not onnx_available():
+            raise UserError("--backend onnx needs onnxruntime and onnxscript: pip install -r requirements.txt")
+        return "onnx"
     if name == "openvino":
         if not on_cpu:
             raise UserError(f"--backend openvino runs on the CPU only, not on {device}; use --backend torch")
@@ -54,6 +63,8 @@ def backend_key(backend: str, device) -> str:
     """What distinguishes this backend's catalog embeddings in the cache ('' for torch, the default)."""
     if backend == "torch":
         return ""
+    if backend == "onnx":
+        return "onnx-f32"
     return f"openvino-{'bf16' if bf16_supported(device) else 'f32'}"
 
 
@@ -82,8 +93,33 @@ class OpenVINOTower:
         return self.model._encode(list(texts), "product", batch_size, False, run=self._run)
 
 
+class OnnxTower:
+    """The product tower exported to ONNX (a temporary file) and run by ONNX Runtime: fp32, or with
+    quantize="int8" ONNX Runtime's dynamic int8 weights (measured by bench_encode.py, not offered as
+    a backend: it loses retrieval quality)."""
+
+    def __init__(self, model, quantize: str | None = None):
+        import tempfile
+
+        import onnx_export
+        self.model = model
+        self._dir = tempfile.TemporaryDirectory(prefix="ttsn_onnx_")  # removed with this object
+        path = f"{self._dir.name}/product.onnx"
+        onnx_export.export_tower(model.product_tower, model.tokenizer, path)
+        if quantize == "int8":
+            onnx_export.quantize_int8(path, path.replace(".onnx", ".int8.onnx"))
+            path = path.replace(".onnx", ".int8.onnx")
+        self.session = onnx_export.OnnxSession(path)
+        log.info("product tower exported to ONNX and loaded in ONNX Runtime (%s)", quantize or "fp32")
+
+    def encode(self, texts, batch_size: int = 64) -> np.ndarray:
+        return self.model._encode(list(texts), "product", batch_size, False, run=self.session.run)
+
+
 def product_encoder(model, backend: str) -> Callable[[list[str], int], np.ndarray]:
     """A function (texts, batch_size) -> product embeddings, run by the given concrete backend."""
     if backend == "openvino":
         return OpenVINOTower(model).encode
+    if backend == "onnx":
+        return OnnxTower(model).encode
     return lambda texts, batch_size: model.encode_products(texts, batch_size=batch_size)

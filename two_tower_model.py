@@ -333,9 +333,10 @@ def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path |
     g.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="base model for --baseline")
     g.add_argument("--device", default="auto")
     g.add_argument("--encode-batch-size", type=POSITIVE_INT, default=64, help="products per encode batch")
-    g.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto",
+    g.add_argument("--backend", choices=["auto", "torch", "openvino", "onnx"], default="auto",
                    help="engine of the catalog encode (backends.py): auto = openvino on a CPU with native bf16 "
-                        "when installed, else torch (measured: README 'Benchmarks')")
+                        "when installed, else torch (measured by bench/bench_encode.py: docs/benchmarks.md); "
+                        "onnx = ONNX Runtime fp32")
     add_alias(p, "--batch-size", "--encode-batch-size")
 
 

@@ -8,6 +8,8 @@ round-robin, median) for
   torch            TwoTowerModel.encode_products as the suite runs it (bf16 autocast where native)
   openvino_f32     backends.OpenVINOTower, fp32      (when openvino is installed)
   openvino_bf16    backends.OpenVINOTower, bf16      (when installed and the CPU has native bf16)
+  onnx_f32         backends.OnnxTower: the export_model.py --format onnx graph in ONNX Runtime, fp32
+  onnx_int8        the same graph with ONNX Runtime dynamic int8 weights (export_model.py --quantize int8)
 with each one's cosine to torch_fp32 (mean, min).
 
 Quality: for the sample catalog's test queries (and ../shared/real_esci re-split 0.5 when present),
@@ -33,7 +35,7 @@ import torch
 
 from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
 
-from backends import OpenVINOTower, openvino_available  # noqa: E402
+from backends import OnnxTower, OpenVINOTower, onnx_available, openvino_available  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
 from sample_catalog import make_sample_catalog  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
@@ -77,6 +79,10 @@ def encoders(st, model_fp32: TwoTowerModel, model: TwoTowerModel) -> dict:
         if bf16_supported(torch.device("cpu")):
             ov16 = OpenVINOTower(model_fp32, precision="bf16")
             out["openvino_bf16"] = lambda t: ov16.encode(t, 64)
+    if onnx_available():
+        ort32, ort8 = OnnxTower(model_fp32), OnnxTower(model_fp32, quantize="int8")
+        out["onnx_f32"] = lambda t: ort32.encode(t, 64)
+        out["onnx_int8"] = lambda t: ort8.encode(t, 64)
     return out
 
 

@@ -19,7 +19,10 @@ def test_backend_choice_rule(monkeypatch):
     cpu = torch.device("cpu")
     assert B.resolve_backend("torch", cpu) == "torch"
     with pytest.raises(UserError, match="not one of"):
-        B.resolve_backend("onnx", cpu)
+        B.resolve_backend("tensorrt", cpu)
+    assert B.resolve_backend("onnx", cpu) == "onnx" and B.backend_key("onnx", cpu) == "onnx-f32"
+    with pytest.raises(UserError, match="CPU only"):
+        B.resolve_backend("onnx", torch.device("cuda"))
     with pytest.raises(UserError, match="CPU only"):
         B.resolve_backend("openvino", torch.device("cuda"))
     assert B.resolve_backend("auto", torch.device("cuda")) == "torch"
@@ -32,6 +35,9 @@ def test_backend_choice_rule(monkeypatch):
     assert B.resolve_backend("auto", cpu) == "torch"
     with pytest.raises(UserError, match="needs the openvino package"):
         B.resolve_backend("openvino", cpu)
+    monkeypatch.setattr(B, "onnx_available", lambda: False)
+    with pytest.raises(UserError, match="needs onnxruntime"):
+        B.resolve_backend("onnx", cpu)
 
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
@@ -83,3 +89,15 @@ def test_mining_then_reindex_with_the_default_backend_encode_once(data_dir, tiny
     assert calls == [want]  # one encode, by the backend auto chose on this CPU
     assert meta["encode_backend"] == (B.backend_key(want, torch.device("cpu")) or "torch")
     assert meta["model_fingerprint"] == meta["model"]["fingerprint"]
+
+
+def test_onnx_backend_encodes_the_catalog_like_torch(tiny_model, data_dir):
+    """--backend onnx: the exported graph in ONNX Runtime, cached under its own key."""
+    from utils import load_catalog
+    products = load_catalog(data_dir)
+    tiny_model.encode_dtype = torch.float32
+    ref, _ = catalog_embeddings(tiny_model, products, data_dir, show_progress=False, backend="torch")
+    got, meta = catalog_embeddings(tiny_model, products, data_dir, show_progress=False, backend="onnx")
+    assert meta["backend"] == "onnx-f32" and len(list((data_dir / "embeddings_cache").iterdir())) == 2
+    cos = (np.asarray(got) * np.asarray(ref)).sum(1)
+    assert cos.min() >= 0.9999
