@@ -11,7 +11,9 @@ For each training query: retrieve the top --top-k of the catalog (exact inner pr
 cached catalog embeddings, in query batches), drop every product judged E/S/C for the query, skip
 ranks before --skip-top, drop candidates scoring above (1 - --false-negative-margin) x the mean score of the
 query's judged positives (likely unjudged positives: false negatives), keep I-judged or unjudged
-products, and take the best --num-negatives. Deterministic for a given model and data.
+products, drop candidates whose product embedding is a near-duplicate of one of the query's judged
+E/S positives (cosine >= --near-duplicate-cosine: another size or colour of a relevant product,
+most likely relevant too), and take the best --num-negatives. Deterministic for a given model and data.
 
 Example (CPU, tiny sample):
     python hard_negative_mining.py --baseline --data-dir /tmp/d --output /tmp/d/hard_negatives_stage2.parquet
@@ -28,7 +30,7 @@ import pyarrow as pa
 from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
 from utils import (DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer, add_alias, add_common_args,
-                   args_to_config, hard_negatives_path, is_main_process, load_catalog, load_prepared, log,
+                   args_to_config, float_range, hard_negatives_path, is_main_process, load_catalog, load_prepared, log,
                    parquet_writer, peak_rss_mb, progress, refuse_overwrite, require_writable, run_cli, stage_checkpoint,
                    write_json)
 
@@ -52,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="drop candidates scoring above (1 - M) x the query's mean positive score (likely "
                         "unjudged positives)")
     add_alias(p, "--margin", "--false-negative-margin")
+    p.add_argument("--near-duplicate-cosine", type=float_range(0.0, 1.0), default=None, metavar="C",
+                   help="drop candidates whose embedding has cosine >= C with one of the query's judged E/S "
+                        "positives (likely unjudged variants of a relevant product; default: off)")
     p.add_argument("--round", type=POSITIVE_INT, default=None, help="mining round (default: from the checkpoint's stage)")
     p.add_argument("--query-batch-size", type=POSITIVE_INT, default=1024, help="queries per search batch")
     add_alias(p, "--query-batch", "--query-batch-size")
@@ -60,9 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, judged_pos: dict, pos_score: np.ndarray,
-         top_k: int, num_negatives: int, skip_top: int, margin: float, batch: int = 1024):
-    """Per query: the kept (catalog row, score, rank) lists and drop counters."""
-    drops = {"judged_positive": 0, "margin": 0, "range": 0, "beyond_num_negatives": 0}
+         top_k: int, num_negatives: int, skip_top: int, margin: float, batch: int = 1024,
+         near_dup: float | None = None, emb: np.ndarray | None = None, pos_rows: dict | None = None):
+    """Per query: the kept (catalog row, score, rank) lists and drop counters. With near_dup, a
+    candidate whose embedding (emb) has cosine >= near_dup with one of the query's positive rows
+    (pos_rows: query position -> catalog rows) is dropped too."""
+    drops = {"judged_positive": 0, "margin": 0, "range": 0, "near_duplicate": 0, "beyond_num_negatives": 0}
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
     for s in progress(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
         scores, rows = search(index, q_emb[s:s + batch], top_k, batch)
@@ -70,6 +78,11 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
             qi = s + j
             pos = judged_pos.get(query_ids[qi], ())
             limit = (1.0 - margin) * pos_score[qi] if np.isfinite(pos_score[qi]) else np.inf
+            dup = np.zeros(len(rows[j]), dtype=bool)
+            if near_dup is not None and pos_rows is not None and len(pos_rows.get(qi, ())):
+                ok = rows[j] >= 0
+                sim = np.asarray(emb[rows[j][ok]]) @ np.asarray(emb[pos_rows[qi]]).T  # (k, n_pos)
+                dup[np.flatnonzero(ok)] = sim.max(1) >= near_dup
             n = 0
             for rank, (r, sc) in enumerate(zip(rows[j], scores[j])):
                 if r < 0:
@@ -80,6 +93,8 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                     drops["range"] += 1
                 elif sc > limit:
                     drops["margin"] += 1
+                elif dup[rank]:
+                    drops["near_duplicate"] += 1
                 elif n >= num_negatives:
                     drops["beyond_num_negatives"] += 1
                 else:
@@ -122,8 +137,10 @@ def main(args: argparse.Namespace) -> dict:
         mean = pd.Series(s_pos).groupby(qi).mean()
         pos_score[mean.index.to_numpy()] = mean.to_numpy()
         index = build_index(emb, "flat")
+        pos_rows = {int(k): g.to_numpy() for k, g in pd.Series(es["row"].to_numpy()).groupby(qi)}
         kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
-                                        args.num_negatives, args.skip_top, args.false_negative_margin, args.query_batch_size)
+                                        args.num_negatives, args.skip_top, args.false_negative_margin,
+                                        args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows)
         labels = gt.set_index(["query_id", "product_id"])["esci_label"]
         key = pd.MultiIndex.from_arrays([qids[kq], cat_ids[kr]])
         esci = labels.reindex(key).to_numpy()

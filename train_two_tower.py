@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 import losses as L
+from augment import augment_queries
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, stage_done
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
@@ -104,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--no-graded-mask masks every judged E/S/C product")
     p.add_argument("--distinct-queries", action="store_true",
                    help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES)")
+    p.add_argument("--query-typos", type=FRACTION, default=0.0, metavar="P",
+                   help="each epoch, give a fraction P of the training queries one realistic typing error "
+                        "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")
     p.add_argument("--logq", action="store_true", help="logQ-correct in-batch logits by product frequency")
     p.add_argument("--label-weights", type=parse_label_weights, default=None, metavar="E=1,S=0.9,C=0.6",
                    help="positive weight per ESCI label, overriding prepare's (E 1.0, S 0.9, C 0.6 from stage 3); "
@@ -263,7 +267,8 @@ class Trainer:
         for epoch in range(pos["epoch"], last_epoch + 1):
             batches = st["plan1"] if epoch == 1 else self._plan(st["data"], st["p_tok"], epoch)
             start = pos["batch"] if resumed and epoch == pos["epoch"] else 0
-            self._train_epoch(model, st, batches, start, pos, epoch, t0, done)
+            self._train_epoch(model, {**st, "q_tok": self._epoch_queries(st, model, epoch)}, batches, start, pos,
+                              epoch, t0, done)
             improved = self._end_epoch(model, st, pos, epoch, complete=pos["batch"] >= len(batches))
             no_improve = 0 if improved else no_improve + 1
             if pos["step"] >= st["total"] or (a.patience and no_improve >= a.patience):
@@ -324,6 +329,15 @@ class Trainer:
                 "judged": self._judged_by_qidx(data), "val_judged": self._judged_by_qidx(val),
                 "logq": self._logq(data) if a.logq else None, "epochs": epochs, "plan1": plan1, "total": total,
                 "opt": opt, "sched": sched}
+
+    def _epoch_queries(self, st: dict, model: TwoTowerModel, epoch: int) -> TokenStore:
+        """The query tokens an epoch trains on: the clean queries, or with --query-typos a seeded
+        fraction of them with one typing error each (augment.py), the same again on a resumed run."""
+        if not self.args.query_typos:
+            return st["q_tok"]
+        rng = np.random.default_rng([self.args.seed, epoch, 17])
+        texts = augment_queries(st["data"].query_texts, self.args.query_typos, rng)
+        return TokenStore(model.tokenizer, model.prompted(texts, "query"), model.config.query_max_len)
 
     def _plan(self, data: StageData, p_tok: TokenStore, epoch: int) -> list[Batch]:
         a = self.args

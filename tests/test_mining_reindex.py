@@ -47,6 +47,25 @@ def test_margin_guard_and_range(data_dir, tiny_encoder_dir):
     assert (pd.read_parquet(data_dir / "c.parquet")["rank"] > 5).all() and skip["dropped"]["range"] > 0
 
 
+def test_near_duplicates_of_positives_are_not_mined(data_dir, tiny_encoder_dir):
+    plain = _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet", "--margin", "0")
+    dedup = _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet", "--margin", "0", "--near-duplicate-cosine", "0.9")
+    assert plain["dropped"]["near_duplicate"] == 0 and dedup["dropped"]["near_duplicate"] > 0
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    products = load_catalog(data_dir).set_index("product_id")["product_text"]
+    gt = pd.read_parquet(data_dir / "ground_truth.parquet")
+    pos = gt[gt["esci_label"].isin(["E", "S"])].groupby("query_id")["product_id"].apply(list)
+    hn = pd.read_parquet(data_dir / "b.parquet")
+    for q, g in list(hn.groupby("query_id"))[:20]:  # no kept negative is that close to a positive
+        if q not in pos.index:
+            continue
+        neg = model.encode_products(products.reindex(g["product_id"]).tolist())
+        p = model.encode_products(products.reindex(pos[q]).dropna().tolist())
+        assert (neg @ p.T).max() < 0.9 + 2e-2  # bf16/fp32 encode noise
+    assert len(hn) < len(pd.read_parquet(data_dir / "a.parquet")) or dedup["dropped"]["beyond_num_negatives"] < \
+        plain["dropped"]["beyond_num_negatives"]
+
+
 def test_mining_is_deterministic_and_never_overwrites(data_dir, tiny_encoder_dir):
     _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet")
     _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet")
