@@ -48,7 +48,7 @@ from train_parts import (SELECT, auto_batch_size, better, judged_sets, loss_inpu
                          shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError, add_common_args,
-                   args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported, get_device,
+                   args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported, float_range, get_device,
                    hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint, load_catalog,
                    load_prepared, log, progress, progress_path, require_writable, run_cli, set_seed, stage_checkpoint,
                    write_json)
@@ -105,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--no-graded-mask masks every judged E/S/C product")
     p.add_argument("--distinct-queries", action="store_true",
                    help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES)")
-    p.add_argument("--query-typos", type=FRACTION, default=0.0, metavar="P",
+    p.add_argument("--query-typos", type=float_range(0.0, 1.0), default=0.0, metavar="P",
                    help="each epoch, give a fraction P of the training queries one realistic typing error "
                         "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")
     p.add_argument("--logq", action="store_true", help="logQ-correct in-batch logits by product frequency")
