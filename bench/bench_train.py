@@ -2,12 +2,15 @@
 SentenceTransformerTrainer + MultipleNegativesRankingLoss on the same (query, positive) pairs, batch
 size, sequence lengths (queries 32, products 128 tokens) and precision, in one run.
 
-Both train the real all-MiniLM-L6-v2 on the `small` sample's training positives with in-batch
-negatives only (ours: --loss infonce --negatives 0, which is MNRL). Rates are steady-state: the
-first --warmup steps are excluded. Needs `pip install -r bench/requirements.txt`.
+Both train the real all-MiniLM-L6-v2 on the training positives of the `small` sample (long
+product texts) or of --raw-dir (e.g. ../shared/real_homedepot: short titles) with in-batch
+negatives only (ours: the stage-1 default, symmetric in-batch InfoNCE, which costs what MNRL costs
+plus one transposed softmax). Rates are steady-state: the first --warmup steps are excluded. The
+CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
 
-Example (~6 min on 2 cores):
+Examples (~6 min on 2 cores each):
     python bench/bench_train.py --steps 12 --batch-size 32 --out bench/out/train.json
+    python bench/bench_train.py --raw-dir ../shared/real_homedepot --resplit-queries 0.3 --steps 40 --batch-size 64
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def ours(data: Path, args) -> dict:
     ck = data.parent / "ck"
     tt.main(tt.parse_args(["--stage", "1", "--data-dir", str(data), "--checkpoint-dir", str(ck),
                            "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
-                           "--loss", "infonce", "--negatives", "0", "--precision", args.precision,
+                           "--precision", args.precision, "--quiet",
                            "--val-corpus-size", "10", "--val-batches", "1"]))
     log = [json.loads(x) for x in (ck / "train_log.jsonl").read_text().splitlines()]
     t0 = log[args.warmup - 1]["elapsed_s"]
@@ -78,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: bf16 where native")
+    p.add_argument("--raw-dir", type=Path, default=None, help="ESCI-format files (default: the small sample)")
+    p.add_argument("--resplit-queries", type=float, default=None, help="passed to prepare with --raw-dir")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "train.json")
     return p.parse_args(argv)
 
@@ -86,10 +91,17 @@ def main(args) -> dict:
     args.precision = args.precision or ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "data"
-        prep.main(prep.parse_args(["--make-sample", "small", "--raw-dir", str(Path(d) / "raw"),
-                                   "--data-dir", str(data)]))
-        res = {"batch_size": args.batch_size, "precision": args.precision, "threads": torch.get_num_threads(),
-               "steps": args.steps, "warmup_steps_excluded": args.warmup}
+        source = ["--raw-dir", str(args.raw_dir)] if args.raw_dir else ["--make-sample", "small", "--raw-dir",
+                                                                         str(Path(d) / "raw")]
+        if args.raw_dir and args.resplit_queries:
+            source += ["--resplit-queries", str(args.resplit_queries)]
+        prep.main(prep.parse_args([*source, "--data-dir", str(data), "--quiet"]))
+        from bench_encode import cpu_flags
+        pos = pd.read_parquet(data / "training_pairs.parquet", columns=["label", "stage", "product_text"])
+        res = {"data": str(args.raw_dir or "sample:small"), "cpu": cpu_flags(), "batch_size": args.batch_size,
+               "precision": args.precision, "threads": torch.get_num_threads(), "steps": args.steps,
+               "warmup_steps_excluded": args.warmup,
+               "mean_product_chars": round(float(pos.loc[pos["label"] > 0, "product_text"].str.len().mean()), 1)}
         res["st_trainer_mnrl"] = st_trainer(data, args)
         res["train_two_tower"] = ours(data, args)
     res["speedup"] = round(res["train_two_tower"]["pairs_per_s"] / res["st_trainer_mnrl"]["pairs_per_s"], 2)
