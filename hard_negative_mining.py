@@ -7,8 +7,9 @@ neg_type "hard", plus round, score, rank, pos_score; and a stats JSON next to it
 (<output stem>_stats.json: queries mined, candidates dropped as judged positives / by margin /
 by range, histogram of negative scores relative to the query's positive score).
 
-For each training query: retrieve the top --top-k of the catalog (exact inner product over the
-cached catalog embeddings, in query batches), drop every product judged E/S/C for the query, skip
+For each training query: retrieve the top --top-k candidates (--mine-from dense: the model's exact
+inner product over the cached catalog embeddings, in query batches; bm25: BM25's ranking over the
+index in data/indices_bm25, lexical near-misses; hybrid: the two fused, w = 0.5), drop every product judged E/S/C for the query, skip
 ranks before --skip-top, drop candidates scoring above (1 - --false-negative-margin) x the mean score of the
 query's judged positives (likely unjudged positives: false negatives), keep I-judged or unjudged
 products, drop candidates whose product embedding is a near-duplicate of one of the query's judged
@@ -30,7 +31,7 @@ import pyarrow as pa
 from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
 from utils import (DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer, add_alias, add_common_args,
-                   args_to_config, float_range, hard_negatives_path, is_main_process, load_catalog, load_prepared, log,
+                   args_to_config, bm25_index_dir, float_range, hard_negatives_path, is_main_process, load_catalog, load_prepared, log,
                    parquet_writer, peak_rss_mb, progress, refuse_overwrite, require_writable, run_cli, stage_checkpoint,
                    write_json)
 
@@ -57,6 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--near-duplicate-cosine", type=float_range(0.0, 1.0), default=None, metavar="C",
                    help="drop candidates whose embedding has cosine >= C with one of the query's judged E/S "
                         "positives (likely unjudged variants of a relevant product; default: off)")
+    p.add_argument("--mine-from", choices=["dense", "bm25", "hybrid"], default="dense",
+                   help="whose ranking the candidates come from: the model's (default), BM25's (lexical near-misses; "
+                        "needs the BM25 index) or both fused; the margin guard always uses the model's scores")
+    p.add_argument("--bm25-index-dir", type=Path, default=None, help="for --mine-from bm25|hybrid (default: "
+                   "DATA_DIR/indices_bm25)")
     p.add_argument("--round", type=POSITIVE_INT, default=None, help="mining round (default: from the checkpoint's stage)")
     p.add_argument("--query-batch-size", type=POSITIVE_INT, default=1024, help="queries per search batch")
     add_alias(p, "--query-batch", "--query-batch-size")
@@ -64,16 +70,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def candidate_source(source: str, index, q_emb: np.ndarray, emb: np.ndarray, top_k: int, query_texts=None,
+                     bm25=None):
+    """f(lo, hi) -> (model scores (b, k), catalog rows (b, k), -1 padded): the candidates of queries
+    lo..hi in the order they are considered. dense: the model's top k; bm25: BM25's top k; hybrid:
+    the model's and BM25's top k fused (fusion.convex_fuse, w = 0.5). Scores are always the model's
+    (q . p), so the margin guard means the same whatever ranks the candidates."""
+    if source == "dense":
+        return lambda lo, hi: search(index, q_emb[lo:hi], top_k)
+    import fusion
+
+    def lexical(lo, hi):
+        hi = min(hi, len(q_emb))
+        d_sc, d_rows = search(index, q_emb[lo:hi], top_k) if source == "hybrid" else (None, None)
+        rows = np.full((hi - lo, top_k), -1, np.int64)
+        scores = np.full((hi - lo, top_k), -np.inf, np.float32)
+        for j, (b_rows, b_sc) in enumerate(bm25.search(list(query_texts[lo:hi]), top_k)):
+            order = b_rows
+            if source == "hybrid":
+                keep = d_rows[j] >= 0
+                order = np.asarray(fusion.convex_fuse(d_rows[j][keep].tolist(), d_sc[j][keep].tolist(),
+                                                      b_rows.tolist(), b_sc.tolist(), 0.5, top_k)[0], np.int64)
+            rows[j, :len(order)] = order
+            scores[j, :len(order)] = np.asarray(emb[order]) @ q_emb[lo + j] if len(order) else []
+        return scores, rows
+    return lexical
+
+
 def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, judged_pos: dict, pos_score: np.ndarray,
          top_k: int, num_negatives: int, skip_top: int, margin: float, batch: int = 1024,
-         near_dup: float | None = None, emb: np.ndarray | None = None, pos_rows: dict | None = None):
+         near_dup: float | None = None, emb: np.ndarray | None = None, pos_rows: dict | None = None,
+         candidates=None):
     """Per query: the kept (catalog row, score, rank) lists and drop counters. With near_dup, a
     candidate whose embedding (emb) has cosine >= near_dup with one of the query's positive rows
-    (pos_rows: query position -> catalog rows) is dropped too."""
+    (pos_rows: query position -> catalog rows) is dropped too. candidates(lo, hi) -> (scores, rows)
+    supplies each query batch's candidates (candidate_source; default: the index's exact top k)."""
     drops = {"judged_positive": 0, "margin": 0, "range": 0, "near_duplicate": 0, "beyond_num_negatives": 0}
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
     for s in progress(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
-        scores, rows = search(index, q_emb[s:s + batch], top_k, batch)
+        scores, rows = (candidates(s, s + batch) if candidates is not None
+                        else search(index, q_emb[s:s + batch], top_k, batch))
         for j in range(len(rows)):
             qi = s + j
             pos = judged_pos.get(query_ids[qi], ())
@@ -137,10 +173,15 @@ def main(args: argparse.Namespace) -> dict:
         mean = pd.Series(s_pos).groupby(qi).mean()
         pos_score[mean.index.to_numpy()] = mean.to_numpy()
         index = build_index(emb, "flat")
+        bm25 = None
+        if args.mine_from != "dense":
+            from lexical import Bm25Index
+            bm25 = Bm25Index.load(args.bm25_index_dir or bm25_index_dir(args.data_dir), products)
+        source = candidate_source(args.mine_from, index, q_emb, emb, args.top_k, queries["query"].to_numpy(), bm25)
         pos_rows = {int(k): g.to_numpy() for k, g in pd.Series(es["row"].to_numpy()).groupby(qi)}
         kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
                                         args.num_negatives, args.skip_top, args.false_negative_margin,
-                                        args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows)
+                                        args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows, source)
         labels = gt.set_index(["query_id", "product_id"])["esci_label"]
         key = pd.MultiIndex.from_arrays([qids[kq], cat_ids[kr]])
         esci = labels.reindex(key).to_numpy()
@@ -157,7 +198,7 @@ def main(args: argparse.Namespace) -> dict:
             w.write_table(table)
     rel = ks / np.where(pos_score[kq] > 0, pos_score[kq], np.nan)
     hist, _ = np.histogram(rel[np.isfinite(rel)], bins=HIST_BINS)
-    stats = {"output": str(out), "model": info, "round": rnd, "queries": len(qids),
+    stats = {"output": str(out), "model": info, "round": rnd, "mine_from": args.mine_from, "queries": len(qids),
              "queries_with_negatives": int(len(np.unique(kq))), "negatives": int(len(kq)),
              "negatives_per_query": round(len(kq) / max(len(qids), 1), 2),
              "negatives_judged_I": int((esci == "I").sum()), "negatives_unjudged": int(pd.isna(esci).sum()),

@@ -66,6 +66,27 @@ def test_near_duplicates_of_positives_are_not_mined(data_dir, tiny_encoder_dir):
         plain["dropped"]["beyond_num_negatives"]
 
 
+def test_mining_from_bm25_and_hybrid_rankings(data_dir, tiny_encoder_dir):
+    from lexical import Bm25Index
+    with pytest.raises(UserError, match="no BM25 index"):
+        _mine(data_dir, tiny_encoder_dir, data_dir / "x.parquet", "--mine-from", "bm25")
+    rx.main(rx.parse_args(["--bm25", "--data-dir", str(data_dir)]))
+    dense = _mine(data_dir, tiny_encoder_dir, data_dir / "d.parquet", "--margin", "0")
+    lex = _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet", "--margin", "0", "--mine-from", "bm25")
+    hyb = _mine(data_dir, tiny_encoder_dir, data_dir / "h.parquet", "--margin", "0", "--mine-from", "hybrid")
+    assert (dense["mine_from"], lex["mine_from"], hyb["mine_from"]) == ("dense", "bm25", "hybrid")
+    d, b, h = (pd.read_parquet(data_dir / f) for f in ("d.parquet", "b.parquet", "h.parquet"))
+    key = lambda t: set(map(tuple, t[["query_id", "product_id"]].values))  # noqa: E731
+    assert key(b) != key(d) and key(h) != key(d) and key(h) != key(b)
+    ix = Bm25Index.load(data_dir / "indices_bm25")
+    row = pd.Series(range(len(ix.ids)), index=ix.ids)
+    for q, g in list(b.groupby("query"))[:20]:  # BM25's negatives share a term with their query
+        assert (ix.score_rows(q, row.reindex(g["product_id"]).to_numpy()) > 0).all()
+    gt = pd.read_parquet(data_dir / "ground_truth.parquet")
+    pos = set(map(tuple, gt.loc[gt["esci_label"].isin(["E", "S", "C"]), ["query_id", "product_id"]].values))
+    assert not (key(b) | key(h)) & pos  # judged positives are never negatives, whoever ranks them
+
+
 def test_mining_is_deterministic_and_never_overwrites(data_dir, tiny_encoder_dir):
     _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet")
     _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet")
