@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-from utils import UserError, atomic_path, last_checkpoint, log, progress_path, read_json, stage_checkpoint, write_json
+from fileio import atomic_path, read_json, write_json
+from paths import last_checkpoint, progress_path, stage_checkpoint
+from utils import UserError, log
 
 CHECKPOINT_FORMAT = "ttsn-two-tower"
 CHECKPOINT_VERSION = 1

@@ -26,14 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lexical import Bm25Index
 from retrieval import Bm25Searcher, DenseSearcher, HybridSearcher
 from two_tower_model import TwoTowerModel
-from utils import (UserError, add_alias, add_common_args, add_comparison_args, bm25_index_dir, clean_text, eval_dir,
-                   float_range, get_device, index_dir, int_range, load_catalog, load_prepared, log, read_json,
-                   run_cli)
+from cli import add_alias, add_common_args, add_comparison_args, float_range, int_range, run_cli
+from fileio import load_catalog, load_prepared, read_json
+from paths import bm25_index_dir, eval_dir, index_dir
+from utils import UserError, clean_text, get_device, log
 
 MAX_QUERY_CHARS = 500
 HELP = """commands:

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 import backends
-from utils import (UserError, atomic_path, barrier, embedding_cache_dir, init_distributed, log, progress, read_json,
-                   read_parquet, write_json, write_parquet)
+from cli import progress
+from fileio import atomic_path, read_json, read_parquet, write_json, write_parquet
+from paths import embedding_cache_dir
+from utils import UserError, barrier, init_distributed, log
 
 CHUNK = 8192
 

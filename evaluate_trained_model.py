@@ -43,10 +43,11 @@ from metrics import DEFAULT_KS, paired_bootstrap_ci
 from retrieval import (HYBRID_DEPTH, Bm25Searcher, DenseSearcher, HybridSearcher, bm25_run, choose_weight,
                        dense_run, fused_run, judged_candidates, run_metrics)
 from two_tower_model import TwoTowerModel
-from utils import (ESCI_GAINS, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_common_args, add_comparison_args,
-                   args_to_config, atomic_path, bm25_index_dir, eval_dir, file_sha256, float_range, get_device,
-                   index_dir, load_catalog, load_prepared, log, peak_rss_mb, refuse_overwrite, require_writable,
-                   run_cli, write_json)
+from cli import (NONNEG_INT, POSITIVE_INT, add_common_args, add_comparison_args, args_to_config, float_range,
+                 refuse_overwrite, run_cli)
+from fileio import atomic_path, file_sha256, load_catalog, load_prepared, require_writable, write_json
+from paths import ESCI_GAINS, bm25_index_dir, eval_dir, index_dir
+from utils import Timer, UserError, get_device, log, peak_rss_mb
 
 TREC_GRADE = {"E": 3, "S": 2, "C": 1, "I": 0}
 DENSE = ("baseline", "trained")
@@ -218,7 +219,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _index_meta(d: Path) -> dict:
-    from utils import read_json
+    from fileio import read_json
     m = read_json(d / "metadata.json")
     return {k: m.get(k) for k in ("model_fingerprint", "catalog_size", "encode_backend", "encode_products_per_s")}
 

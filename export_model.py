@@ -45,8 +45,10 @@ from pathlib import Path
 import torch.nn as nn
 
 from two_tower_model import Tower, TwoTowerModel
-from utils import (DEFAULT_DATA_DIR, UserError, add_common_args, atomic_dir, eval_dir, file_sha256, log, read_json,
-                   refuse_overwrite, require_writable, run_cli, setup_logging, write_json)
+from cli import add_common_args, refuse_overwrite, run_cli, setup_logging
+from fileio import atomic_dir, file_sha256, read_json, require_writable, write_json
+from paths import DEFAULT_DATA_DIR, eval_dir
+from utils import UserError, log
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -30,10 +30,11 @@ import pyarrow as pa
 
 from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, FRACTION, NONNEG_INT, POSITIVE_INT, Timer, add_alias, add_common_args,
-                   args_to_config, bm25_index_dir, float_range, hard_negatives_path, is_main_process, load_catalog, load_prepared, log,
-                   parquet_writer, peak_rss_mb, progress, refuse_overwrite, require_writable, run_cli, stage_checkpoint,
-                   write_json)
+from cli import (FRACTION, NONNEG_INT, POSITIVE_INT, add_alias, add_common_args, args_to_config, float_range,
+                 progress, refuse_overwrite, run_cli)
+from fileio import load_catalog, load_prepared, parquet_writer, require_writable, write_json
+from paths import DEFAULT_CHECKPOINT_DIR, bm25_index_dir, hard_negatives_path, stage_checkpoint
+from utils import Timer, is_main_process, log, peak_rss_mb
 
 HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),

@@ -32,7 +32,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from utils import UserError, atomic_dir, file_sha256, log, quiet, read_json, read_parquet, write_json, write_parquet
+from cli import quiet
+from fileio import atomic_dir, file_sha256, read_json, read_parquet, write_json, write_parquet
+from utils import UserError, log
 
 TOKEN_PATTERN = r"(?u)\b\w+\b"
 BM25_DEFAULTS = {"k1": 1.2, "b": 0.75, "stemmer": "english", "stopwords": "en"}
@@ -99,7 +101,7 @@ class Bm25Index:
         import bm25s
 
         from embeddings import catalog_fingerprint
-        from utils import progress
+        from cli import progress
         _quiet_bm25s()
         analyzer = Analyzer(stemmer, stopwords)
         t0 = time.perf_counter()
@@ -182,7 +184,7 @@ class Bm25Index:
                ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query: (catalog rows, scores) of its top k matches, best first; only rows that share
         at least one term with the query (score > 0), so a query may get fewer than k, or none."""
-        from utils import progress
+        from cli import progress
         out = []
         n = len(self.ids)
         k = min(k, n)

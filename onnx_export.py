@@ -174,7 +174,7 @@ def export_layout(model) -> dict:
 
 def write_export(model, out: Path) -> dict:
     """Write the graphs, tokenizers and ttsn_onnx.json of `model` into the (empty) directory `out`."""
-    from utils import file_sha256
+    from fileio import file_sha256
     model = model.cpu().eval()
     layout = export_layout(model)
     io = {}

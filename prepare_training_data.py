@@ -35,10 +35,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from utils import (ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, FRACTION, NONNEG_INT, POSITIVE_STAGE, POSITIVE_WEIGHTS,
-                   PRODUCTS_FILE, SAMPLE_SEED, Timer, UserError, add_common_args, args_to_config, build_product_text,
-                   float_range, log, old_version_option, parquet_writer, peak_rss_mb, progress, refuse_overwrite,
-                   require_file, require_writable, run_cli, write_json, write_parquet)
+from cli import (FRACTION, NONNEG_INT, SAMPLE_SEED, add_common_args, args_to_config, float_range, old_version_option,
+                 progress, refuse_overwrite, run_cli)
+from fileio import parquet_writer, require_file, require_writable, write_json, write_parquet
+from paths import ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, POSITIVE_STAGE, POSITIVE_WEIGHTS, PRODUCTS_FILE
+from utils import Timer, UserError, build_product_text, log, peak_rss_mb
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),

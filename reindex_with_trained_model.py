@@ -34,10 +34,11 @@ import numpy as np
 import lexical
 from embeddings import build_index, catalog_embeddings, save_index_meta, search, write_index
 from two_tower_model import add_model_source_args, load_model_from_args
-from utils import (DEFAULT_CHECKPOINT_DIR, NONNEG_INT, POSITIVE_INT, Timer, UserError, add_alias, add_common_args,
-                   args_to_config, best_checkpoint, bm25_index_dir, float_range, index_dir as default_index_dir,
-                   init_distributed, int_range, is_main_process, load_catalog, log, read_parquet, refuse_overwrite,
-                   require_writable, run_cli)
+from cli import (NONNEG_INT, POSITIVE_INT, add_alias, add_common_args, args_to_config, float_range, int_range,
+                 refuse_overwrite, run_cli)
+from fileio import load_catalog, read_parquet, require_writable
+from paths import DEFAULT_CHECKPOINT_DIR, best_checkpoint, bm25_index_dir, index_dir as default_index_dir
+from utils import Timer, UserError, init_distributed, is_main_process, log
 
 
 def parse_args(argv=None) -> argparse.Namespace:

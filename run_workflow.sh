@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" ONLY="" TO="" FORCE_ALL=0 DRY=0 FAST=0 EXTRA=() PREP=() QUIET=()
-SAMPLE_SEED=0  # = utils.SAMPLE_SEED, the sample catalog sample_catalog.py and prepare --make-sample build by default
+SAMPLE_SEED=0  # = cli.SAMPLE_SEED, the sample catalog sample_catalog.py and prepare --make-sample build by default
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
     --resplit-queries) PREP+=(--resplit-queries "$2"); shift 2 ;;
     --fast) FAST=1; SIZE=tiny; shift ;;
     --quiet) QUIET=(--quiet); shift ;;
-    --version) $PY utils.py version; exit 0 ;;
+    --version) $PY paths.py version; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_workflow.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -67,8 +67,8 @@ fi
 TRAIN+=("${EXTRA[@]}")
 RAW=${RAW_DIR:-$DATA/raw}
 STATE=$DATA/workflow_state
-# artifact paths come from one place (utils.artifact_paths): INDICES INDICES_BASELINE HN2 HN3 EVAL STAGE1..3 BEST LAST
-eval "$($PY utils.py paths "$DATA" "$CK")"
+# artifact paths come from one place (paths.artifact_paths): INDICES INDICES_BASELINE HN2 HN3 EVAL STAGE1..3 BEST LAST
+eval "$($PY paths.py paths "$DATA" "$CK")"
 
 index_of() { local i; for i in "${!STEPS[@]}"; do [ "${STEPS[$i]}" = "$1" ] && echo "$i"; done; return 0; }
 PENDING=()   # outputs of the steps run (or, with --dry-run, that would run) so far

@@ -33,8 +33,10 @@ import numpy as np
 import pyarrow as pa
 
 from sample_vocab import (ADJ, COLORS, DESCRIPTIONS, GENERIC_BULLETS, QUERY_MODS, TYPES, TYPE_INDEX)
-from utils import (EXAMPLES_FILE, POSITIVE_INT, PRODUCTS_FILE, SAMPLE_SEED, Timer, UserError, add_alias,
-                   add_common_args, log, parquet_writer, progress, run_cli, write_json)
+from cli import POSITIVE_INT, SAMPLE_SEED, add_alias, add_common_args, progress, run_cli
+from fileio import parquet_writer, write_json
+from paths import EXAMPLES_FILE, PRODUCTS_FILE
+from utils import Timer, UserError, log
 
 SIZES = {
     # products, queries, mean judged per query

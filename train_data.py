@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils import UserError, log, read_parquet, require_file
+from fileio import read_parquet, require_file
+from utils import UserError, log
 
 
 class TokenStore:

@@ -47,11 +47,11 @@ from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
 from train_parts import (SELECT, auto_batch_size, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights,
                          shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
-from utils import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, UserError, add_common_args,
-                   args_to_config, atomic_path, barrier, best_checkpoint, bf16_supported, float_range, get_device,
-                   hard_negatives_path, init_distributed, int_range, is_main_process, last_checkpoint, load_catalog,
-                   load_prepared, log, progress, progress_path, require_writable, run_cli, set_seed, stage_checkpoint,
-                   write_json)
+from cli import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_args, args_to_config,
+                 float_range, int_range, progress, run_cli)
+from fileio import atomic_path, load_catalog, load_prepared, require_writable, write_json
+from paths import best_checkpoint, hard_negatives_path, last_checkpoint, progress_path, stage_checkpoint
+from utils import UserError, barrier, bf16_supported, get_device, init_distributed, is_main_process, log, set_seed
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 

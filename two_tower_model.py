@@ -39,8 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import checkpoint as ckpt
-from utils import (DEFAULT_BASE_MODEL, NONNEG_INT, POSITIVE_INT, UserError, add_alias, add_common_args, bf16_supported,
-                   get_device, int_range, progress, resolve_model_path, run_cli)
+from cli import NONNEG_INT, POSITIVE_INT, add_alias, add_common_args, int_range, progress, run_cli
+from paths import DEFAULT_BASE_MODEL
+from utils import UserError, bf16_supported, get_device, resolve_model_path
 
 
 @dataclass

@@ -25,7 +25,8 @@ import os
 import sys
 from pathlib import Path
 
-from utils import add_version_arg, file_sha256, read_json, write_json
+from cli import add_version_arg
+from fileio import file_sha256, read_json, write_json
 
 
 def file_identity(path: str | os.PathLike) -> list:

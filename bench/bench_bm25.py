@@ -26,7 +26,9 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 
 from lexical import Bm25Index  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
-from utils import ESCI_GAINS, add_version_arg, load_catalog, load_prepared  # noqa: E402
+from cli import add_version_arg  # noqa: E402
+from fileio import load_catalog, load_prepared  # noqa: E402
+from paths import ESCI_GAINS  # noqa: E402
 
 VARIANTS = {"default (k1 1.2, b 0.75, stems, stop words)": {},
             "no stemmer": {"stemmer": "none"}, "no stop words": {"stopwords": "none"},

@@ -39,8 +39,9 @@ from backends import OnnxTower, OpenVINOTower, onnx_available, openvino_availabl
 from metrics import evaluate_run  # noqa: E402
 from sample_catalog import make_sample_catalog  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import (ESCI_GAINS, EXAMPLES_FILE, PRODUCTS_FILE, SAMPLE_SEED, add_alias, add_version_arg,  # noqa: E402
-                   bf16_supported, build_product_text, resolve_model_path)
+from cli import SAMPLE_SEED, add_alias, add_version_arg  # noqa: E402
+from paths import ESCI_GAINS, EXAMPLES_FILE, PRODUCTS_FILE  # noqa: E402
+from utils import bf16_supported, build_product_text, resolve_model_path  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REAL_ESCI = ROOT.parent / "shared" / "real_esci"

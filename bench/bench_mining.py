@@ -23,7 +23,8 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 from embeddings import build_index  # noqa: E402
 from hard_negative_mining import mine  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import add_version_arg, peak_rss_mb  # noqa: E402
+from cli import add_version_arg  # noqa: E402
+from utils import peak_rss_mb  # noqa: E402
 
 
 def rss_mb() -> float:

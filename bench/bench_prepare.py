@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, write_result  # noqa: E402
-from utils import add_version_arg  # noqa: E402
+from cli import add_version_arg  # noqa: E402
 
 
 def timed(cmd: list[str]) -> dict:

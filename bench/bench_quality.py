@@ -49,8 +49,10 @@ from lexical import Bm25Index  # noqa: E402
 from metrics import paired_bootstrap_ci  # noqa: E402
 from retrieval import bm25_run, choose_weight, dense_run, fused_run, judged_candidates, run_metrics  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from utils import (DEFAULT_BASE_MODEL, ESCI_GAINS, add_version_arg, best_checkpoint, load_catalog,  # noqa: E402
-                   load_prepared, resolve_model_path, setup_logging)
+from cli import add_version_arg, setup_logging  # noqa: E402
+from fileio import load_catalog, load_prepared  # noqa: E402
+from paths import DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint  # noqa: E402
+from utils import resolve_model_path  # noqa: E402
 
 STAGE1_EPOCHS = 2
 COMPARED = ("recall@10", "ndcg@10", "mrr", "kdd_task1_ndcg")

@@ -27,7 +27,8 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 
 import prepare_training_data as prep  # noqa: E402
 import train_two_tower as tt  # noqa: E402
-from utils import add_version_arg, bf16_supported, resolve_model_path  # noqa: E402
+from cli import add_version_arg  # noqa: E402
+from utils import bf16_supported, resolve_model_path  # noqa: E402
 
 
 def ours(data: Path, args) -> dict:

@@ -93,7 +93,7 @@ def test_mining_then_reindex_with_the_default_backend_encode_once(data_dir, tiny
 
 def test_onnx_backend_encodes_the_catalog_like_torch(tiny_model, data_dir):
     """--backend onnx: the exported graph in ONNX Runtime, cached under its own key."""
-    from utils import load_catalog
+    from fileio import load_catalog
     products = load_catalog(data_dir)
     tiny_model.encode_dtype = torch.float32
     ref, _ = catalog_embeddings(tiny_model, products, data_dir, show_progress=False, backend="torch")

@@ -10,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from utils import EXAMPLES_FILE, PRODUCTS_FILE, UserError, run_cli
+from cli import run_cli
+from paths import EXAMPLES_FILE, PRODUCTS_FILE
+from utils import UserError
 
 
 def _snapshot(*dirs):

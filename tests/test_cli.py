@@ -10,8 +10,12 @@ import sys
 import pytest
 from conftest import ROOT
 
+import cli
 import utils
-from utils import DEFAULT_SEED, SAMPLE_SEED, SUITE_VERSION, UserError
+from cli import DEFAULT_SEED, SAMPLE_SEED, SUITE_VERSION
+
+# each script with the least argv its parser needs
+from utils import UserError
 
 # each script with the least argv its parser needs
 SCRIPTS = {
@@ -136,13 +140,13 @@ def test_quiet_turns_off_progress_bars_and_info_logs():
     seen = {}
 
     def main(args):
-        seen["quiet"] = utils.quiet()
-        seen["disabled"] = utils.progress(range(3)).disable
+        seen["quiet"] = cli.quiet()
+        seen["disabled"] = cli.progress(range(3)).disable
         seen["info"] = utils.log.isEnabledFor(20)
 
-    assert utils.run_cli(main, argparse.Namespace(quiet=True, log_level="INFO")) == 0
+    assert cli.run_cli(main, argparse.Namespace(quiet=True, log_level="INFO")) == 0
     assert seen == {"quiet": True, "disabled": True, "info": False}
-    assert utils.run_cli(main, argparse.Namespace(quiet=False, log_level="INFO")) == 0
+    assert cli.run_cli(main, argparse.Namespace(quiet=False, log_level="INFO")) == 0
     assert seen == {"quiet": False, "disabled": False, "info": True}
 
 

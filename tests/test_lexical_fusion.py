@@ -10,7 +10,8 @@ import pytest
 import fusion
 import retrieval as R
 from lexical import Bm25Index
-from utils import UserError, atomic_dir
+from fileio import atomic_dir
+from utils import UserError
 
 DOCS = pd.DataFrame({"product_id": ["d0", "d1", "d2", "d3"],
                      "product_text": ["Red shoes", "blue shoe laces", "red red hat", "3/4 in. PEX elbow, the brass"]})

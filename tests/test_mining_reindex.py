@@ -13,7 +13,8 @@ import hard_negative_mining as hnm
 import reindex_with_trained_model as rx
 from conftest import ROOT
 from two_tower_model import TwoTowerModel
-from utils import UserError, load_catalog
+from fileio import load_catalog
+from utils import UserError
 
 
 def _mine(data_dir, enc, out, *extra):

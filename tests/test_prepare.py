@@ -8,7 +8,8 @@ import pytest
 
 import prepare_training_data as prep
 from conftest import REAL_ESCI, ROOT
-from utils import EXAMPLES_FILE, PRODUCTS_FILE, UserError
+from paths import EXAMPLES_FILE, PRODUCTS_FILE
+from utils import UserError
 
 OUTPUTS = ["products_clean.parquet", "training_pairs.parquet", "val_pairs.parquet", "test_pairs.parquet",
            "ground_truth.parquet", "prepare_stats.json"]

@@ -3,7 +3,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 import sample_catalog as sc
-from utils import EXAMPLES_COLUMNS, EXAMPLES_FILE, PRODUCTS_COLUMNS, PRODUCTS_FILE
+from paths import EXAMPLES_COLUMNS, EXAMPLES_FILE, PRODUCTS_COLUMNS, PRODUCTS_FILE
 
 
 def test_exact_esci_schema_and_file_names(tiny_raw):

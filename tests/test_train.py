@@ -16,7 +16,8 @@ import losses as L
 import train_parts as TP
 import train_two_tower as tt
 from conftest import ROOT
-from utils import UserError, hard_negatives_path
+from paths import hard_negatives_path
+from utils import UserError
 
 
 def _argv(data_dir, ck, enc, *extra):
@@ -306,7 +307,7 @@ def test_model_selection_rule():
 def test_label_weights_change_what_is_trained(data_dir, tmp_path):
     """--label-weights: S=0 removes S positives; C counts from stage 3 with the given weight."""
     from train_data import StageData
-    from utils import load_catalog
+    from fileio import load_catalog
     cat = load_catalog(data_dir)
     idx = pd.Series(np.arange(len(cat)), index=cat["product_id"].to_numpy())
     pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
@@ -325,7 +326,7 @@ def test_batch_planning_options(data_dir):
     """bucket_batches=0 gives unsorted batches; distinct_queries avoids repeated queries; every
     positive is trained exactly once per epoch either way."""
     from train_data import StageData, plan_epoch
-    from utils import load_catalog
+    from fileio import load_catalog
     cat = load_catalog(data_dir)
     sd = StageData(data_dir, "train", 1, [], pd.Series(np.arange(len(cat)), index=cat["product_id"].to_numpy()))
     lens = np.random.default_rng(0).integers(5, 100, len(cat))

@@ -4,16 +4,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import cli
+import fileio
 import utils
 
 
 def test_atomic_path_renames_on_success_and_cleans_on_failure(tmp_path):
     target = tmp_path / "out" / "x.json"
-    utils.write_json(target, {"a": 1})
+    fileio.write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
     with pytest.raises(RuntimeError):
-        with utils.atomic_path(tmp_path / "out" / "y.parquet") as tmp:
+        with fileio.atomic_path(tmp_path / "out" / "y.parquet") as tmp:
             tmp.write_text("half")
             raise RuntimeError("disk full")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.json"]
@@ -21,9 +23,9 @@ def test_atomic_path_renames_on_success_and_cleans_on_failure(tmp_path):
 
 def test_atomic_overwrite_keeps_old_file_until_success(tmp_path):
     target = tmp_path / "t.parquet"
-    utils.write_parquet(target, pd.DataFrame({"a": [1, 2]}))
+    fileio.write_parquet(target, pd.DataFrame({"a": [1, 2]}))
     with pytest.raises(ValueError):
-        with utils.atomic_path(target) as tmp:
+        with fileio.atomic_path(target) as tmp:
             tmp.write_bytes(b"garbage")
             raise ValueError
     assert pd.read_parquet(target)["a"].tolist() == [1, 2]
@@ -32,7 +34,7 @@ def test_atomic_overwrite_keeps_old_file_until_success(tmp_path):
 def test_parquet_writer_streams_row_groups(tmp_path):
     import pyarrow as pa
     schema = pa.schema([("a", pa.int64())])
-    with utils.parquet_writer(tmp_path / "s.parquet", schema) as w:
+    with fileio.parquet_writer(tmp_path / "s.parquet", schema) as w:
         for i in range(3):
             w.write_table(pa.table({"a": [i, i]}, schema=schema))
     assert pd.read_parquet(tmp_path / "s.parquet")["a"].tolist() == [0, 0, 1, 1, 2, 2]
@@ -71,9 +73,9 @@ def test_run_cli_turns_user_error_into_exit_2(caplog):
 
     def bad(_):
         raise utils.UserError("thing.parquet not found (do this)")
-    assert utils.run_cli(bad, argparse.Namespace(log_level="INFO")) == 2
+    assert cli.run_cli(bad, argparse.Namespace(log_level="INFO")) == 2
     assert "thing.parquet not found" in caplog.text
-    assert utils.run_cli(lambda a: None, argparse.Namespace(log_level="INFO")) == 0
+    assert cli.run_cli(lambda a: None, argparse.Namespace(log_level="INFO")) == 0
 
 
 def test_seed_and_device():

@@ -168,7 +168,7 @@ def test_a_prompt_using_base_model_through_the_whole_workflow(tmp_path, tiny_enc
 
     from embeddings import load_index
     from two_tower_model import TwoTowerModel
-    from utils import load_catalog
+    from fileio import load_catalog
     e5 = ["--base-model", str(tiny_encoder_dir), "--query-prompt", "query: ", "--product-prompt", "passage: "]
     r = _run(tmp_path, "--fast", "--", *e5)
     assert r.returncode == 0, r.stderr[-3000:]
