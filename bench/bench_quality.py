@@ -56,6 +56,7 @@ from two_tower_model import TwoTowerModel  # noqa: E402
 from cli import add_version_arg, setup_logging  # noqa: E402
 from fileio import load_catalog, load_prepared  # noqa: E402
 from paths import DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint  # noqa: E402
+from utils import log  # noqa: E402
 
 STAGE1_EPOCHS = 2
 COMPARED = ("recall@10", "ndcg@10", "mrr", "kdd_task1_ndcg")
@@ -148,8 +149,10 @@ def train_peers(args, data: Path) -> dict:
             name = f"{recipe}_e{e}"
             d = args.work_dir / "peers" / name
             meta = d.parent / f"{name}.json"
-            if args.reuse_peer and (d / "config.json").is_file() and meta.is_file():
-                info = json.loads(meta.read_text())
+            want = peers.settings(recipe, args.peer_batch_size, args.peer_mined_negatives, args.peer_mined_margin)
+            info = json.loads(meta.read_text()) if meta.is_file() else {}
+            if args.reuse_peer and (d / "config.json").is_file() and peers.reusable(info, want):
+                log.info("peer %s: reusing %s", name, d)
             else:
                 info = peers.train(recipe, pairs, products, args.base_model, d, e, args.seed, args.peer_max_pairs,
                                    args.peer_batch_size, args.peer_mined_negatives, args.peer_mined_margin)

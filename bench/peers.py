@@ -29,6 +29,20 @@ LABELS = {"plain": "peer: ST MNRL", "mined": "peer: ST MNRL + mine_hard_negative
 MINED = {"range_min": 10, "range_max": 50, "relative_margin": 0.05, "sampling_strategy": "random"}
 
 
+def settings(recipe: str, batch_size: int | None = None, mined_negatives: int = 3,
+             mined_margin: float = MINED["relative_margin"]) -> dict:
+    """What a trained peer's info must match to be reused: its batch size, and the miner's settings."""
+    out = {"batch_size": batch_size or (256 if recipe == "cached" else 32)}
+    if recipe == "mined":
+        out["mined"] = {"num_negatives": mined_negatives, "relative_margin": mined_margin}
+    return out
+
+
+def reusable(info: dict, want: dict) -> bool:
+    return info.get("batch_size") == want["batch_size"] and all(
+        info.get("mined", {}).get(k) == v for k, v in want.get("mined", {}).items())
+
+
 def positives(pairs: pd.DataFrame) -> pd.DataFrame:
     """One row per E/S training positive (the peers' data)."""
     return pairs[(pairs["label"] > 0) & pairs["esci_label"].isin(["E", "S"])][["query", "product_text"]]
@@ -57,12 +71,12 @@ def train(recipe: str, pairs: pd.DataFrame, products: pd.DataFrame, base_model: 
     if recipe == "mined":
         from sentence_transformers.util import mine_hard_negatives
         t = time.perf_counter()
-        settings = dict(MINED, relative_margin=mined_margin)
+        miner = dict(MINED, relative_margin=mined_margin)
         ds = mine_hard_negatives(ds, model, corpus=products["product_text"].tolist(), num_negatives=mined_negatives,
-                                 output_format="n-tuple", batch_size=128, verbose=False, **settings)
+                                 output_format="n-tuple", batch_size=128, verbose=False, **miner)
         mine_s = time.perf_counter() - t
-        info.update(mined=dict(settings, num_negatives=mined_negatives, rows_with_negatives=len(ds)))
-    bs = batch_size or (256 if recipe == "cached" else 32)
+        info.update(mined=dict(miner, num_negatives=mined_negatives, rows_with_negatives=len(ds)))
+    bs = settings(recipe, batch_size)["batch_size"]
     if len(ds) < bs:
         raise ValueError(f"peer recipe {recipe!r}: {len(ds)} training rows, fewer than one batch of {bs}"
                          + (" (mine_hard_negatives found too few negatives: lower --peer-mined-margin)"

@@ -53,7 +53,12 @@ def test_bench_quality_every_system(tmp_path):
     assert res["peer_training"]["plain_e1"]["max_steps"] == 3 and res["peer_training"]["cached_e1"]["batch_size"] == 16
     # a rerun with --reuse-peer trains nothing and gives the same table
     again = bq.main(bq.parse_args([*argv, "--reuse-peer"]))
-    assert again["metrics"] == res["metrics"]
+    assert again["metrics"] == res["metrics"] and again["peer_training"] == res["peer_training"]
+    # ... but a peer trained with other settings is not reused: only the mined recipe is retrained
+    other = bq.main(bq.parse_args([*argv, "--reuse-peer", "--peer-mined-negatives", "1"]))
+    assert other["peer_training"]["mined_e1"]["mined"]["num_negatives"] == 1
+    assert {k: v for k, v in other["peer_training"].items() if not k.startswith("mined")} == \
+        {k: v for k, v in res["peer_training"].items() if not k.startswith("mined")}
     # the sample is built as run_workflow.sh builds it (sample_catalog.py's own default seed)
     import sample_catalog
     made = json.loads((tmp_path / "work" / "raw" / "sample_catalog.json").read_text())

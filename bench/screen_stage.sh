@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One-lever screen of a single training stage, starting from the checkpoints of a finished workflow
+# run of bench/bench_quality.py (its work dir holds data/ and ck/), scored by bench_quality.py.
+#
+#   stage 1: train stage 1 alone with FLAGS; score its epoch 2
+#   stage 2: mine from the run's stage1.pt with MINE_FLAGS, train stage 2 with FLAGS; score epoch 3
+#   stage 3: from the run's stage-2 model, train stage 3 with FLAGS; score epochs 4 and 5
+#
+# Usage: bash bench/screen_stage.sh WORK_DIR STAGE NAME "MINE_FLAGS" [TRAIN_FLAGS...]
+# Example (the docs/experiments.md 0.7.0 table; WORK_DIR made by
+#   python bench/bench_quality.py --raw-dir ../shared/real_homedepot --resplit-queries 0.3 --tag hd_v060):
+#   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 1 typos02 "" --query-typos 0.2
+#   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 2 skip10 "--skip-top 10"
+#   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 3 c0 "" --label-weights C=0
+# Writes bench/out/quality_hd_s<STAGE>_<NAME>[_e<E>].json/.md; scratch under ${TMPDIR:-/tmp}.
+set -euo pipefail
+[[ $# -ge 4 ]] || { echo "usage: $0 WORK_DIR STAGE NAME \"MINE_FLAGS\" [TRAIN_FLAGS...]" >&2; exit 2; }
+W=$1 STAGE=$2 NAME=$3 MINE_FLAGS=$4
+shift 4
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+RAW=${RAW_DIR:-../shared/real_homedepot}
+SPLIT=${RESPLIT:-0.3}
+SCRATCH=${TMPDIR:-/tmp}/screen_s${STAGE}_${NAME}
+[[ -f $W/ck/progress.json && -d $W/data ]] || { echo "$W: no finished workflow run (data/, ck/progress.json)" >&2; exit 2; }
+rm -rf "$SCRATCH"
+mkdir -p "$SCRATCH/ck"
+CK=$SCRATCH/ck DATA=$W/data
+
+# progress.json of the run truncated to the stages before STAGE, so train_two_tower.py starts STAGE
+keep_stages() {
+  "$PY" - "$W/ck/progress.json" "$CK/progress.json" "$1" <<'PY'
+import json, sys
+src, dst, upto = sys.argv[1], sys.argv[2], int(sys.argv[3])
+p = json.load(open(src))
+hist = [h for h in p["history"] if h["stage"] <= upto]
+best = min(hist, key=lambda h: h["val_loss"])
+json.dump({"stage": upto, "epoch": max(h["epoch"] for h in hist) + 1, "batch": 0, "step": 0, "stage_done": upto,
+           "history": hist, "stages": [s for s in p["stages"] if s["stage"] <= upto],
+           "best": {"recall@10": best["recall@10"], "ndcg@10": best["ndcg@10"], "val_loss": best["val_loss"],
+                    "score": -best["val_loss"], "select": "val_loss", "epoch": best["epoch"],
+                    "stage": best["stage"]}}, open(dst, "w"))
+PY
+}
+
+score() {  # checkpoint, tag
+  "$PY" bench/bench_quality.py --raw-dir "$RAW" --resplit-queries "$SPLIT" --reuse-peer --work-dir "$W" \
+    --checkpoint "$1" --tag "$2"
+}
+
+case $STAGE in
+  1)
+    "$PY" train_two_tower.py --stage 1 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
+    score "$CK/epoch_2.pt" "hd_s1_$NAME" ;;
+  2)
+    DATA=$SCRATCH/data
+    cp -r "$W/data" "$DATA"
+    rm -rf "$DATA/eval" "$DATA/indices" "$DATA/workflow_state" "$DATA"/hard_negatives_stage3*
+    cp "$W"/ck/{stage1,epoch_1,epoch_2,best_model}.pt "$CK/"
+    keep_stages 1
+    "$PY" hard_negative_mining.py --checkpoint "$CK/stage1.pt" --data-dir "$DATA" \
+      --output "$DATA/hard_negatives_stage2.parquet" --overwrite --quiet $MINE_FLAGS
+    "$PY" train_two_tower.py --stage 2 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
+    score "$CK/epoch_3.pt" "hd_s2_$NAME" ;;
+  3)
+    cp "$W"/ck/{stage1,stage2,epoch_1,epoch_2,epoch_3}.pt "$CK/"
+    cp "$CK/epoch_3.pt" "$CK/best_model.pt"
+    keep_stages 2
+    "$PY" train_two_tower.py --stage 3 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
+    for e in 4 5; do score "$CK/epoch_$e.pt" "hd_s3_${NAME}_e$e"; done ;;
+  *) echo "STAGE must be 1, 2 or 3" >&2; exit 2 ;;
+esac
+rm -rf "$SCRATCH"
