@@ -61,6 +61,13 @@ def batch_size_arg(text: str) -> int | str:
     return "auto" if text == "auto" else int_range(2)(text)
 
 
+def make_optimizer(params: list, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (one pass over all parameters per step) on CPU and CUDA, where
+    PyTorch has it; the plain multi-tensor AdamW elsewhere. Same update rule either way."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -320,8 +327,8 @@ class Trainer:
         plan1 = self._plan(data, p_tok, 1)
         steps_per_epoch = math.ceil(len(plan1) / a.grad_accum)
         total = steps_per_epoch * epochs if a.max_steps is None else min(a.max_steps, steps_per_epoch * epochs)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                lr=a.lr * STAGES[stage]["lr_scale"], weight_decay=a.weight_decay)
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad],
+                             a.lr * STAGES[stage]["lr_scale"], a.weight_decay, self.device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, a.warmup))
         return {"stage": stage, "data": data, "val": val, "p_tok": p_tok,
                 "q_tok": TokenStore(tok, model.prompted(data.query_texts, "query"), model.config.query_max_len),

@@ -30,7 +30,8 @@ SCRIPTS = {
     "two_tower_model": ["--query", "q", "--product", "p"],
     "workflow_state": ["done", "state", "step"],
 }
-BENCH = ["bench_bm25", "bench_encode", "bench_mining", "bench_prepare", "bench_quality", "bench_train"]
+BENCH = ["bench_bm25", "bench_encode", "bench_mining", "bench_optimizer", "bench_prepare", "bench_quality",
+         "bench_train"]
 
 # (script, old spelling argv, dest, expected value, the new name shown in --help)
 OLD_SPELLINGS = [
