@@ -77,7 +77,7 @@ FRACTION = float_range(0.0, 1.0, hi_open=True)  # [0, 1)
 
 
 # The suite's version, printed by every script's --version (bump with user-visible changes).
-SUITE_VERSION = "0.6.0"
+SUITE_VERSION = "0.7.0"
 # One default seed for every script's --seed (training, mining, splitting, evaluation). The built-in
 # sample catalog's identity is a separate choice, --sample-seed (default SAMPLE_SEED), so that
 # sample_catalog.py, prepare --make-sample and run_workflow.sh all build the same catalog.
