@@ -4,6 +4,7 @@ Each step runs as its own process; its peak RSS comes from wait4's rusage. Write
 
 Example (ESCI scale, ~5 min on 2 cores):
     python bench/bench_prepare.py --size full --work /tmp/bench_full --out bench/out/prepare_full.json
+    python bench/bench_prepare.py --size full --bm25 --skip-prepare      # reuse the prepared files
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", default="full", choices=["tiny", "small", "full"])
     p.add_argument("--work", type=Path, default=Path("/tmp/ttsn_bench_prepare"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "prepare.json")
+    p.add_argument("--bm25", action="store_true", help="also build the BM25 index and search it")
+    p.add_argument("--bm25-queries", type=int, default=2000)
+    p.add_argument("--skip-prepare", action="store_true", help="the work dir is already prepared")
     return p.parse_args(argv)
 
 
@@ -42,9 +46,24 @@ def main(args: argparse.Namespace) -> dict:
     raw, data = args.work / "raw", args.work / "data"
     py = sys.executable
     res = {"size": args.size, "cpus": os.cpu_count()}
-    res["make_sample"] = timed([py, "sample_catalog.py", "--size", args.size, "--raw-dir", str(raw)])
-    res["prepare"] = timed([py, "prepare_training_data.py", "--raw-dir", str(raw), "--data-dir", str(data)])
-    res["total_seconds"] = round(res["make_sample"]["seconds"] + res["prepare"]["seconds"], 1)
+    if not args.skip_prepare:
+        res["make_sample"] = timed([py, "sample_catalog.py", "--size", args.size, "--raw-dir", str(raw)])
+        res["prepare"] = timed([py, "prepare_training_data.py", "--raw-dir", str(raw), "--data-dir", str(data)])
+        res["total_seconds"] = round(res["make_sample"]["seconds"] + res["prepare"]["seconds"], 1)
+    if args.bm25:
+        res["bm25_index"] = timed([py, "reindex_with_trained_model.py", "--bm25", "--data-dir", str(data),
+                                   "--overwrite"])
+        search = ("import sys, time; sys.path.insert(0, '.'); import pandas as pd; from lexical import Bm25Index; "
+                  f"d = '{data}'; ix = Bm25Index.load(d + '/indices_bm25'); "
+                  "gt = pd.read_parquet(d + '/ground_truth.parquet', columns=['query', 'split']); "
+                  f"q = gt[gt.split == 'test']['query'].drop_duplicates().head({args.bm25_queries}).tolist(); "
+                  "t = time.perf_counter(); ix.search(q, 200, show_progress=True); "
+                  f"open('{args.work}/bm25_qps.txt', 'w').write(str(len(q) / (time.perf_counter() - t)))")
+        res["bm25_search"] = timed([py, "-c", search])
+        res["bm25_search"].update(queries=args.bm25_queries,
+                                  queries_per_s=round(float((args.work / "bm25_qps.txt").read_text()), 1))
+        res["bm25_index"]["meta"] = {k: v for k, v in json.loads((data / "indices_bm25" / "metadata.json").read_text())
+                                     .items() if k in ("catalog_size", "vocabulary", "postings", "build_seconds")}
     stats = json.loads((data / "prepare_stats.json").read_text())
     res["catalog_products"] = stats["catalog_products"]
     res["examples_used"] = stats["examples_used"]
