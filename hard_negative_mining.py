@@ -108,9 +108,9 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
     supplies each query batch's candidates (candidate_source; default: the index's exact top k)."""
     drops = {"judged_positive": 0, "margin": 0, "range": 0, "near_duplicate": 0, "beyond_num_negatives": 0}
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
+    candidates = candidates or candidate_source("dense", index, q_emb, emb, top_k)
     for s in progress(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
-        scores, rows = (candidates(s, s + batch) if candidates is not None
-                        else search(index, q_emb[s:s + batch], top_k, batch))
+        scores, rows = candidates(s, s + batch)
         for j in range(len(rows)):
             qi = s + j
             pos = judged_pos.get(query_ids[qi], ())

@@ -23,7 +23,6 @@ Example (~5 min on 2 cores):
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
+from common import ROOT, cpu_flags, write_result  # noqa: E402  (puts the project on sys.path)
 
 from backends import OnnxTower, OpenVINOTower, onnx_available, openvino_available  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
@@ -45,18 +44,6 @@ from utils import bf16_supported, build_product_text, resolve_model_path  # noqa
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REAL_ESCI = ROOT.parent / "shared" / "real_esci"
-
-
-def cpu_flags() -> dict:
-    """The SIMD features that decide CPU encoding speed (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
-    name = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-    return {"model": name.group(1) if name else None,
-            **{f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")}}
 
 
 def load_texts(n: int, seed: int) -> tuple[list[str], list[str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
+from common import ROOT, cpu_flags, write_result  # noqa: E402  (puts the project on sys.path)
 
 from cli import add_version_arg  # noqa: E402
 from paths import DEFAULT_BASE_MODEL  # noqa: E402
@@ -51,9 +51,7 @@ def main(args: argparse.Namespace) -> dict:
         p.grad = torch.randn_like(p) * 1e-3
     res = {"base_model": args.base_model, "parameters": sum(p.numel() for p in params),
            "threads": torch.get_num_threads(), "steps": args.steps, "foreach_ms": [], "fused_ms": [],
-           "cpu_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split()
-                                if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")})
-           if Path("/proc/cpuinfo").exists() else []}
+           "cpu": cpu_flags()}
     for _ in range(args.rounds):
         for fused in (False, True):
             res["fused_ms" if fused else "foreach_ms"].append(round(step_ms(params, fused, args.steps), 2))

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import ROOT, write_result  # noqa: E402  (puts the project on sys.path)
+from common import ROOT, cpu_flag_names, write_result  # noqa: E402  (puts the project on sys.path)
 import peers  # noqa: E402
 
 from embeddings import build_index, catalog_embeddings  # noqa: E402
@@ -271,8 +271,7 @@ def main(args) -> dict:
     res = {"tag": args.tag, "raw_dir": str(args.raw_dir) if args.raw_dir else f"sample:{args.size}",
            "resplit_queries": args.resplit_queries, "train_flags": args.train_flags,
            "command": "python bench/bench_quality.py " + " ".join(sys.argv[1:]),
-           "cpu_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f in
-                                ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}) if Path("/proc/cpuinfo").exists() else [],
+           "cpu_flags": cpu_flag_names(),
            "seconds": {}}
     if args.checkpoint:
         prepare_only(args, data)

@@ -97,7 +97,7 @@ def main(args) -> dict:
         if args.raw_dir and args.resplit_queries:
             source += ["--resplit-queries", str(args.resplit_queries)]
         prep.main(prep.parse_args([*source, "--data-dir", str(data), "--quiet"]))
-        from bench_encode import cpu_flags
+        from common import cpu_flags
         pos = pd.read_parquet(data / "training_pairs.parquet", columns=["label", "stage", "product_text"])
         res = {"data": str(args.raw_dir or "sample:small"), "cpu": cpu_flags(), "batch_size": args.batch_size,
                "precision": args.precision, "threads": torch.get_num_threads(), "steps": args.steps,
