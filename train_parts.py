@@ -4,6 +4,7 @@
     auto_batch_size      --batch-size auto: enough optimiser steps per epoch on small data
     loss_inputs          everything a loss receives besides the embeddings, built on the model's device
     parse_label_weights  --label-weights E=1,S=0.9,C=0.6
+    selection_rule       --select / --min-val-queries
     SELECT, better       the validation score that picks best_model.pt, and the comparison rule
     shown_score          that score as a user reads it (the val loss itself, not its negation)
 """
@@ -19,7 +20,22 @@ from train_data import Batch
 
 # validation scores that pick best_model.pt: (primary score, higher is better); ties -> lower val loss
 SELECT = {"recall+ndcg": lambda v: v["recall@10"] + v["ndcg@10"], "recall@10": lambda v: v["recall@10"],
-          "ndcg@10": lambda v: v["ndcg@10"], "val_loss": lambda v: -v["val_loss"]}
+          "ndcg@10": lambda v: v["ndcg@10"], "val_loss": lambda v: -v["val_loss"],
+          "last": lambda v: float(v["epoch"])}  # epochs count on across stages: the newest model wins
+
+
+def selection_rule(select: str, val_queries: int, min_val_queries: int) -> tuple[str, str | None]:
+    """The --select rule actually used, and why it differs from the one asked for (or None).
+
+    With fewer than `min_val_queries` validation queries that have an E product, the val score
+    cannot tell epochs apart (a 17-query Recall@10 moves in steps of 0.06, and one hidden set with
+    7 val queries kept the stage-1 epoch-1 model); the schedule's end is then the better bet, so
+    best_model.pt follows the last epoch. `min_val_queries` 0 always keeps `select`."""
+    if select == "last" or not min_val_queries or val_queries >= min_val_queries:
+        return select, None
+    return "last", (f"only {val_queries} validation queries with an E product (< --min-val-queries "
+                    f"{min_val_queries}): too few to choose between epochs by {select}, so best_model.pt "
+                    f"follows the last epoch")
 
 
 def parse_label_weights(text: str) -> dict[str, float]:

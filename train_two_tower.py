@@ -3,9 +3,9 @@
 Reads (--data-dir): training_pairs.parquet, val_pairs.parquet, products_clean.parquet,
 ground_truth.parquet, and for stage 2 / 3 the mined hard_negatives_stage2 / _stage3.parquet.
 Writes (--checkpoint-dir): epoch_N.pt (model), stage{N}.pt (model at the end of stage N),
-best_model.pt (best validation score, --select), last.pt (full resumable state; step_N.pt hard links
-with --save-steps) with its small progress.json mirror, train_log.jsonl (one line per step),
-train_metrics.json, train_config.json.
+best_model.pt (best validation score, --select; the last epoch with under --min-val-queries),
+last.pt (full resumable state; step_N.pt hard links with --save-steps) with its small
+progress.json mirror, train_log.jsonl (one line per step), train_metrics.json, train_config.json.
 
 Stages (CHAPTER2_README "Training Stages"); the workflow runs mining between them
 (run_workflow.sh: stage 1 -> mine -> stage 2 -> mine -> stage 3):
@@ -45,7 +45,7 @@ from checkpoint import load_train_state, read_progress, save_train_state, set_rn
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
 from train_parts import (SELECT, auto_batch_size, better, judged_sets, loss_inputs, lr_lambda, parse_label_weights,
-                         shown_score)
+                         selection_rule, shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from cli import (FRACTION, NONNEG_FLOAT, NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, add_common_args, args_to_config,
                  float_range, int_range, progress, run_cli)
@@ -127,12 +127,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="step_N.pt files kept (newest; each costs a full checkpoint's disk; 0 = keep all)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from last.pt (or the given checkpoint)")
-    p.add_argument("--patience", type=NONNEG_INT, default=0, help="stop a stage after N epochs without improvement")
+    p.add_argument("--patience", type=NONNEG_INT, default=0,
+                   help="stop a stage after N epochs without improvement (by --select, even where "
+                        "--min-val-queries makes best_model.pt the last epoch)")
     p.add_argument("--select", choices=sorted(SELECT), default="val_loss",
                    help="validation score that picks best_model.pt: val_loss (default; lower is better, the same "
                         "in-batch loss at every stage, steadier than the retrieval scores of a few dozen val "
                         "queries), recall+ndcg = Recall@10 + NDCG@10 (ties go to the lower val loss), recall@10, "
-                        "or ndcg@10")
+                        "or ndcg@10, or last (the newest epoch)")
+    p.add_argument("--min-val-queries", type=NONNEG_INT, default=50, metavar="N",
+                   help="with fewer validation queries (with an E product) than N, best_model.pt follows the last "
+                        "epoch instead of --select: a few dozen queries cannot tell epochs apart (0 = always --select)")
     p.add_argument("--val-corpus-size", type=POSITIVE_INT, default=5000, help="random catalog products added to "
                    "the validation queries' judged products for validation retrieval")
     p.add_argument("--val-batches", type=NONNEG_INT, default=20, help="batches for the validation loss")
@@ -161,6 +166,12 @@ class Trainer:
         self.products = load_catalog(d)
         self.catalog_index = pd.Series(np.arange(len(self.products)), index=self.products["product_id"].to_numpy())
         self.ground_truth = load_prepared(d, "ground_truth")
+        gt = self.ground_truth
+        self.val_queries = int(gt.loc[(gt["split"] == "val") & (gt["esci_label"] == "E"), "query_id"].nunique())
+        self.select_asked = args.select
+        args.select, self.select_why = selection_rule(args.select, self.val_queries, args.min_val_queries)
+        if self.select_why:
+            log.warning("%s", self.select_why)
         self.precision = args.precision
         if self.precision == "auto":
             self.precision = "bf16" if bf16_supported(self.device) else "fp32"
@@ -184,12 +195,14 @@ class Trainer:
             self.history = [h for h in prog.get("history", []) if h.get("stage", 0) < first_stage]
             self.results = [r for r in prog.get("stages", []) if r.get("stage", 0) < first_stage]
             self.best = prog.get("best", self.best)
-            if len(self.history) < len(prog.get("history", [])):
+            rule_changed = self.best.get("select") not in (None, self.args.select)  # scores would not compare
+            if rule_changed or len(self.history) < len(prog.get("history", [])):
                 self._best_before(first_stage)
 
     def _best_before(self, first_stage: int) -> None:
         """A redo of stage `first_stage` starts from the best of the stages before it, not from the
-        best of the run it replaces: best_model.pt goes back to that earlier epoch's model."""
+        best of the run it replaces: best_model.pt goes back to that earlier epoch's model. Also
+        used when the selection rule changed since those stages ran (their scores would not compare)."""
         self.best = {"recall@10": -1.0, "score": None, "epoch": None}
         for vm in self.history:
             if better(vm, self.best, self.args.select):
@@ -198,8 +211,8 @@ class Trainer:
         if self.best["epoch"] is not None and src.is_file() and is_main_process():
             with atomic_path(best_checkpoint(self.ckdir)) as tmp:
                 shutil.copyfile(src, tmp)
-            log.info("redoing stage %d: best_model.pt is again the stage-%s epoch-%s model (%s %.4f) until a "
-                     "redone stage beats it", first_stage, self.best["stage"], self.best["epoch"],
+            log.info("stage %d: best_model.pt is again the stage-%s epoch-%s model (%s %.4f) until this stage "
+                     "beats it", first_stage, self.best["stage"], self.best["epoch"],
                      self.args.select, shown_score(self.args.select, self.best["score"]))
 
     # -- model and data ------------------------------------------------------------------------
@@ -303,6 +316,8 @@ class Trainer:
 
     def metrics(self) -> dict:
         return {"stages": self.results, "best": self.best, "history": self.history, "world_size": self.world,
+                "selection": {"select": self.args.select, "asked": self.select_asked, "why": self.select_why,
+                              "val_queries": self.val_queries},
                 "precision": self.precision}
 
     def _setup(self, stage: int, model: TwoTowerModel) -> dict:
@@ -380,7 +395,9 @@ class Trainer:
         bar.close()
 
     def _end_epoch(self, model, st: dict, pos: dict, epoch: int, complete: bool) -> bool:
-        """Validate, save epoch_N.pt (and best_model.pt when val Recall@10 improved) and last.pt."""
+        """Validate, save epoch_N.pt (and best_model.pt when the selection rule says so) and last.pt.
+        Returns whether validation improved by the --select score the user asked for (--patience
+        counts these), which differs from the rule used when --min-val-queries overrode it."""
         stage = st["stage"]
         vm = self.validate(model, st["val"], st["vq_tok"], st["p_tok"], st["val_judged"])
         vm.update(stage=stage, epoch=epoch, step=pos["step"], complete_epoch=complete)
@@ -397,7 +414,15 @@ class Trainer:
             self.best = self._best_record(vm)
         pos.update(epoch=epoch + 1, batch=0)
         self._save_state(model, st, pos)
-        return improved
+        return improved if self.select_why is None else self._improves_asked(vm)
+
+    def _improves_asked(self, vm: dict) -> bool:
+        """Does `vm` (the newest of self.history) beat every earlier epoch by the asked --select?"""
+        best: dict = {"score": None}
+        for h in self.history[:-1]:
+            if better(h, best, self.select_asked):
+                best = {"score": SELECT[self.select_asked](h), "val_loss": h["val_loss"]}
+        return better(vm, best, self.select_asked)
 
     # -- steps ---------------------------------------------------------------------------------------
     def _autocast(self):

@@ -304,6 +304,44 @@ def test_model_selection_rule():
     assert TP.shown_score("recall+ndcg", 1.2) == 1.2
 
 
+def test_selection_rule_falls_back_to_the_last_epoch_on_a_tiny_validation_set():
+    assert TP.selection_rule("val_loss", 406, 50) == ("val_loss", None)
+    assert TP.selection_rule("recall+ndcg", 7, 0) == ("recall+ndcg", None)  # 0: always --select
+    rule, why = TP.selection_rule("val_loss", 7, 50)
+    assert rule == "last" and "only 7 validation queries" in why and "--min-val-queries 50" in why
+    assert TP.selection_rule("last", 500, 50) == ("last", None)
+    # 'last': a later epoch wins whatever its scores; the same epoch does not beat itself
+    early = {"recall@10": 0.9, "ndcg@10": 0.9, "val_loss": 0.1, "epoch": 1}
+    assert TP.better({"recall@10": 0.1, "ndcg@10": 0.1, "val_loss": 9.0, "epoch": 2},
+                     {"score": TP.SELECT["last"](early), "val_loss": 0.1}, "last")
+    assert not TP.better(early, {"score": TP.SELECT["last"](early), "val_loss": 0.1}, "last")
+
+
+@pytest.mark.parametrize("min_val, best_epoch, rule", [(None, 2, "last"), ("0", 1, "val_loss"), ("1", 1, "val_loss")])
+def test_min_val_queries_decides_whether_the_val_loss_picks_best_model(data_dir, tmp_path, tiny_encoder_dir,
+                                                                      monkeypatch, min_val, best_epoch, rule):
+    """The tiny data has a handful of val queries: by default best_model.pt is the last epoch even
+    when the val loss rose; --min-val-queries 0 (or a threshold the val set reaches) lets it decide."""
+    real = tt.Trainer.validate
+    losses = iter([0.1, 0.9])  # epoch 1 looks better by val loss
+
+    def validate(self, *a, **k):
+        return {**real(self, *a, **k), "val_loss": next(losses)}
+
+    monkeypatch.setattr(tt.Trainer, "validate", validate)
+    ck = tmp_path / "ck"
+    extra = [] if min_val is None else ["--min-val-queries", min_val]
+    m = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--epoch-pairs", "16", *extra)))
+    n_val = m["selection"]["val_queries"]
+    assert 1 <= n_val < 50
+    assert m["best"]["epoch"] == best_epoch and m["selection"]["select"] == rule
+    assert (m["selection"]["why"] is not None) == (rule == "last")
+    on_disk = json.loads((ck / "train_metrics.json").read_text())
+    assert on_disk["selection"] == m["selection"] and on_disk["selection"]["asked"] == "val_loss"
+    for k, v in _weights(ck / f"epoch_{best_epoch}.pt").items():
+        torch.testing.assert_close(_weights(ck / "best_model.pt")[k], v, msg=k)
+
+
 def test_label_weights_change_what_is_trained(data_dir, tmp_path):
     """--label-weights: S=0 removes S positives; C counts from stage 3 with the given weight."""
     from train_data import StageData
