@@ -342,6 +342,27 @@ def test_min_val_queries_decides_whether_the_val_loss_picks_best_model(data_dir,
         torch.testing.assert_close(_weights(ck / "best_model.pt")[k], v, msg=k)
 
 
+def test_a_stage_run_under_another_selection_rule_rescores_the_earlier_stages(data_dir, tmp_path, tiny_encoder_dir,
+                                                                             monkeypatch):
+    """Stage 1 picked by 'last' (scores are epoch numbers), stage 2 by val_loss: the carried best is
+    rescored by val loss, or stage 2's better val loss could never beat an epoch number."""
+    real = tt.Trainer.validate
+
+    def validate(self, *a, **k):
+        out = real(self, *a, **k)
+        return {**out, "val_loss": 1.0 / (1 + len(self.history))}  # every epoch better than the last
+
+    monkeypatch.setattr(tt.Trainer, "validate", validate)
+    ck = tmp_path / "ck"
+    s1 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2")))
+    assert s1["best"]["select"] == "last"
+    s2 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--hard-negatives", "none",
+                                     "--max-steps", "2", "--min-val-queries", "0")))
+    assert s2["best"]["select"] == "val_loss" and s2["best"]["stage"] == 2
+    for k, v in _weights(ck / "stage2.pt").items():
+        torch.testing.assert_close(_weights(ck / "best_model.pt")[k], v, msg=k)
+
+
 def test_label_weights_change_what_is_trained(data_dir, tmp_path):
     """--label-weights: S=0 removes S positives; C counts from stage 3 with the given weight."""
     from train_data import StageData
