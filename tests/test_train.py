@@ -15,6 +15,7 @@ import checkpoint as C
 import losses as L
 import train_parts as TP
 import train_two_tower as tt
+import trainer as TR
 from conftest import ROOT
 from paths import hard_negatives_path
 from utils import UserError
@@ -468,7 +469,7 @@ def test_kill_while_finishing_a_stage_then_resume_gives_the_same_result(data_dir
     ref = tmp_path / "ref"
     tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, *extra)))
     ck = tmp_path / "ck"
-    real_write, real_save = tt.write_json, tt.Trainer._save_state
+    real_write, real_save = TR.write_json, tt.Trainer._save_state
 
     class Killed(BaseException):
         pass
@@ -483,7 +484,7 @@ def test_kill_while_finishing_a_stage_then_resume_gives_the_same_result(data_dir
             raise Killed
         return real_save(self, model, st, pos, **kw)
 
-    monkeypatch.setattr(tt, "write_json", write_json)
+    monkeypatch.setattr(TR, "write_json", write_json)
     monkeypatch.setattr(tt.Trainer, "_save_state", save_state)
     with pytest.raises(Killed):
         tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *extra)))
@@ -554,14 +555,14 @@ def test_val_loss_is_the_same_in_batch_loss_at_every_stage(data_dir, tmp_path, t
     """Validation batches carry no explicit negatives with --loss infonce, whatever the stage trains
     on, so the val losses that pick best_model.pt (--select val_loss, the default) compare."""
     seen = []
-    real = tt.plan_epoch
+    real = TR.plan_epoch
 
     def plan(data, lengths, batch_size, n_neg, seed, epoch, *a, **k):
         if epoch == 0:
             seen.append(n_neg)
         return real(data, lengths, batch_size, n_neg, seed, epoch, *a, **k)
 
-    monkeypatch.setattr(tt, "plan_epoch", plan)
+    monkeypatch.setattr(TR, "plan_epoch", plan)
     ck = tmp_path / "ck"
     tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1",
                                 "--negatives", "2")))
@@ -580,7 +581,7 @@ def test_the_optimizer_is_fused_adamw_on_cpu_and_updates_like_plain_adamw():
     out = {}
     for fused in (True, False):
         w = torch.nn.Parameter(w0.clone())
-        opt = (tt.make_optimizer([w], 1e-2, 0.01, torch.device("cpu")) if fused
+        opt = (TR.make_optimizer([w], 1e-2, 0.01, torch.device("cpu")) if fused
                else torch.optim.AdamW([w], lr=1e-2, weight_decay=0.01, foreach=False))
         if fused:
             assert opt.defaults["fused"] is True
