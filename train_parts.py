@@ -6,6 +6,7 @@
     parse_label_weights  --label-weights E=1,S=0.9,C=0.6
     selection_rule       --select / --min-val-queries
     SELECT, better       the validation score that picks best_model.pt, and the comparison rule
+    best_of              the epoch that rule keeps from a validation history
     shown_score          that score as a user reads it (the val loss itself, not its negation)
 """
 from __future__ import annotations
@@ -36,6 +37,15 @@ def selection_rule(select: str, val_queries: int, min_val_queries: int) -> tuple
     return "last", (f"only {val_queries} validation queries with an E product (< --min-val-queries "
                     f"{min_val_queries}): too few to choose between epochs by {select}, so best_model.pt "
                     f"follows the last epoch")
+
+
+def best_of(history: list[dict], select: str) -> dict | None:
+    """The validation result of `history` that `better` keeps when scanning it in order (None if empty)."""
+    best, kept = {"score": None}, None
+    for vm in history:
+        if better(vm, best, select):
+            best, kept = {"score": SELECT[select](vm), "val_loss": vm["val_loss"]}, vm
+    return kept
 
 
 def parse_label_weights(text: str) -> dict[str, float]:

@@ -193,8 +193,8 @@ def main(args: argparse.Namespace) -> dict:
     trainer.run_stage(stage)
     metrics = trainer.metrics()
     if is_main_process():
-        log.info("training done: best val %s %.4f (recall@10 %.4f; stage %s epoch %s)", args.select,
-                 shown_score(args.select, trainer.best["score"]), trainer.best["recall@10"], trainer.best.get("stage"),
+        log.info("training done: best val %s %.4f (recall@10 %.4f; stage %s epoch %s)", trainer.select,
+                 shown_score(trainer.select, trainer.best["score"]), trainer.best["recall@10"], trainer.best.get("stage"),
                  trainer.best["epoch"])
     if world > 1:
         dist.destroy_process_group()

@@ -23,7 +23,7 @@ from augment import augment_queries
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch
-from train_parts import (SELECT, auto_batch_size, better, judged_sets, loss_inputs, lr_lambda, selection_rule,
+from train_parts import (SELECT, auto_batch_size, best_of, better, judged_sets, loss_inputs, lr_lambda, selection_rule,
                          shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from cli import args_to_config, progress
@@ -52,8 +52,8 @@ class Trainer:
         self.ground_truth = load_prepared(d, "ground_truth")
         gt = self.ground_truth
         self.val_queries = int(gt.loc[(gt["split"] == "val") & (gt["esci_label"] == "E"), "query_id"].nunique())
-        self.select_asked = args.select
-        args.select, self.select_why = selection_rule(args.select, self.val_queries, args.min_val_queries)
+        # the rule that picks best_model.pt (args.select, unless the val set is too small to decide)
+        self.select, self.select_why = selection_rule(args.select, self.val_queries, args.min_val_queries)
         if self.select_why:
             log.warning("%s", self.select_why)
         self.precision = args.precision
@@ -79,7 +79,7 @@ class Trainer:
             self.history = [h for h in prog.get("history", []) if h.get("stage", 0) < first_stage]
             self.results = [r for r in prog.get("stages", []) if r.get("stage", 0) < first_stage]
             self.best = prog.get("best", self.best)
-            rule_changed = self.best.get("select") not in (None, self.args.select)  # scores would not compare
+            rule_changed = self.best.get("select") not in (None, self.select)  # scores would not compare
             if rule_changed or len(self.history) < len(prog.get("history", [])):
                 self._best_before(first_stage)
 
@@ -87,17 +87,15 @@ class Trainer:
         """A redo of stage `first_stage` starts from the best of the stages before it, not from the
         best of the run it replaces: best_model.pt goes back to that earlier epoch's model. Also
         used when the selection rule changed since those stages ran (their scores would not compare)."""
-        self.best = {"recall@10": -1.0, "score": None, "epoch": None}
-        for vm in self.history:
-            if better(vm, self.best, self.args.select):
-                self.best = self._best_record(vm)
+        vm = best_of(self.history, self.select)
+        self.best = self._best_record(vm) if vm else {"recall@10": -1.0, "score": None, "epoch": None}
         src = self.ckdir / f"epoch_{self.best['epoch']}.pt"
         if self.best["epoch"] is not None and src.is_file() and is_main_process():
             with atomic_path(best_checkpoint(self.ckdir)) as tmp:
                 shutil.copyfile(src, tmp)
             log.info("stage %d: best_model.pt is again the stage-%s epoch-%s model (%s %.4f) until this stage "
                      "beats it", first_stage, self.best["stage"], self.best["epoch"],
-                     self.args.select, shown_score(self.args.select, self.best["score"]))
+                     self.select, shown_score(self.select, self.best["score"]))
 
     # -- model and data ------------------------------------------------------------------------
     def build_model(self, stage: int) -> tuple[TwoTowerModel, int]:
@@ -183,7 +181,7 @@ class Trainer:
                   "improved_best": self.best.get("stage") == stage}
         if stage > 1 and not result["improved_best"]:
             log.info("stage %d did not improve validation (%s); best_model.pt stays the stage-%s epoch-%s model",
-                     stage, self.args.select, self.best.get("stage"), self.best.get("epoch"))
+                     stage, self.select, self.best.get("stage"), self.best.get("epoch"))
         self.results.append(result)
         if is_main_process():  # the stage's model, then its metrics, then the record that it is done
             model.save(stage_checkpoint(self.ckdir, stage), extra={"progress": {"stage": stage, "epoch": epoch}})
@@ -195,12 +193,12 @@ class Trainer:
     def _best_record(self, vm: dict) -> dict:
         """What best/progress keep of the validation result `vm` that became the best."""
         return {"recall@10": vm["recall@10"], "ndcg@10": vm["ndcg@10"], "val_loss": vm["val_loss"],
-                "score": SELECT[self.args.select](vm), "select": self.args.select, "epoch": vm["epoch"],
+                "score": SELECT[self.select](vm), "select": self.select, "epoch": vm["epoch"],
                 "stage": vm["stage"]}
 
     def metrics(self) -> dict:
         return {"stages": self.results, "best": self.best, "history": self.history, "world_size": self.world,
-                "selection": {"select": self.args.select, "asked": self.select_asked, "why": self.select_why,
+                "selection": {"select": self.select, "asked": self.args.select, "why": self.select_why,
                               "val_queries": self.val_queries},
                 "precision": self.precision}
 
@@ -288,7 +286,7 @@ class Trainer:
         self.history.append(vm)
         log.info("stage %d epoch %d: val loss %.4f  recall@10 %.4f  mrr %.4f", stage, epoch, vm["val_loss"],
                  vm["recall@10"], vm["mrr"])
-        improved = better(vm, self.best, self.args.select)  # same decision on every rank
+        improved = better(vm, self.best, self.select)  # same decision on every rank
         meta = {"progress": {**pos, "epoch": epoch}, "val": vm}
         if is_main_process():
             model.save(self.ckdir / f"epoch_{epoch}.pt", extra=meta)
@@ -302,11 +300,9 @@ class Trainer:
 
     def _improves_asked(self, vm: dict) -> bool:
         """Does `vm` (the newest of self.history) beat every earlier epoch by the asked --select?"""
-        best: dict = {"score": None}
-        for h in self.history[:-1]:
-            if better(h, best, self.select_asked):
-                best = {"score": SELECT[self.select_asked](h), "val_loss": h["val_loss"]}
-        return better(vm, best, self.select_asked)
+        asked = self.args.select
+        prev = best_of(self.history[:-1], asked)
+        return prev is None or better(vm, {"score": SELECT[asked](prev), "val_loss": prev["val_loss"]}, asked)
 
     # -- steps ---------------------------------------------------------------------------------------
     def _autocast(self):

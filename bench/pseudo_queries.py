@@ -26,7 +26,7 @@ import pandas as pd
 from common import ROOT  # noqa: F401,E402  (puts the project on sys.path)
 
 from cli import add_version_arg, run_cli  # noqa: E402
-from fileio import write_json  # noqa: E402
+from fileio import atomic_dir, load_catalog, load_prepared, write_json, write_parquet  # noqa: E402
 from utils import UserError, log  # noqa: E402
 
 STOP = frozenset({"in", "in.", "with", "and", "or", "for", "x", "of", "the", "a", "&", "-", "to", "on"})
@@ -80,23 +80,20 @@ def pseudo_pairs(products: pd.DataFrame, like: pd.DataFrame, n: int, weight: flo
 
 
 def main(args: argparse.Namespace) -> dict:
-    src = args.data_dir
-    for name in ("training_pairs.parquet", "products_clean.parquet"):
-        if not (src / name).is_file():
-            raise UserError(f"{src / name}: missing; run prepare_training_data.py for {src} first")
     if args.out.exists():
         raise UserError(f"{args.out}: already exists; remove it or pick another --out")
-    args.out.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file() and f.suffix in (".parquet", ".json"):
-            shutil.copy(f, args.out / f.name)
-    pairs = pd.read_parquet(src / "training_pairs.parquet")
-    products = pd.read_parquet(src / "products_clean.parquet", columns=["product_id", "product_text"])
+    src = args.data_dir
+    pairs = load_prepared(src, "training_pairs")
+    products = load_catalog(src)
     extra = pseudo_pairs(products, pairs, args.n, args.weight, args.seed)
-    pd.concat([pairs, extra], ignore_index=True).to_parquet(args.out / "training_pairs.parquet", index=False)
     stats = {"data_dir": str(src), "out": str(args.out), "pseudo_pairs": len(extra), "pairs_before": len(pairs),
              "weight": args.weight, "seed": args.seed, "examples": extra["query"].head(10).tolist()}
-    write_json(args.out / "pseudo_queries_stats.json", stats)
+    with atomic_dir(args.out) as tmp:  # a failed run leaves no half-made copy behind
+        for f in src.iterdir():
+            if f.is_file() and f.suffix in (".parquet", ".json"):
+                shutil.copy(f, tmp / f.name)
+        write_parquet(tmp / "training_pairs.parquet", pd.concat([pairs, extra], ignore_index=True))
+        write_json(tmp / "pseudo_queries_stats.json", stats)
     log.info("%s: %d pseudo-query positives added to %d training rows", args.out, len(extra), len(pairs))
     return stats
 

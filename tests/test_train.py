@@ -316,6 +316,9 @@ def test_selection_rule_falls_back_to_the_last_epoch_on_a_tiny_validation_set():
     assert TP.better({"recall@10": 0.1, "ndcg@10": 0.1, "val_loss": 9.0, "epoch": 2},
                      {"score": TP.SELECT["last"](early), "val_loss": 0.1}, "last")
     assert not TP.better(early, {"score": TP.SELECT["last"](early), "val_loss": 0.1}, "last")
+    late = {"recall@10": 0.1, "ndcg@10": 0.1, "val_loss": 0.5, "epoch": 2}
+    assert TP.best_of([early, late], "val_loss") is early and TP.best_of([early, late], "last") is late
+    assert TP.best_of([], "val_loss") is None
 
 
 @pytest.mark.parametrize("min_val, best_epoch, rule", [(None, 2, "last"), ("0", 1, "val_loss"), ("1", 1, "val_loss")])
