@@ -593,4 +593,6 @@ def test_the_optimizer_is_fused_adamw_on_cpu_and_updates_like_plain_adamw():
             opt.step()
         out[fused] = w.detach()
     assert not torch.equal(out[True], w0)
-    torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-6)
+    # the fused kernel rounds in another order: up to ~3e-6 apart after 5 steps, depending on memory
+    # alignment (so 1e-6 failed now and then); Adam's coupled decay or no decay is >= 2e-3 apart
+    torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-4)
