@@ -193,6 +193,16 @@ def unknown_word_queries(queries: pd.DataFrame, products: pd.DataFrame) -> set:
             if any(w not in vocab for w in re.findall(r"[a-z]{4,}", text))}
 
 
+LENGTH_GROUPS = (("1 word", 1, 1), ("2 words", 2, 2), ("3 words", 3, 3), ("4+ words", 4, 10**6))
+
+
+def query_length_groups(queries: pd.DataFrame) -> dict:
+    """{group: query ids} by the query's number of whitespace-separated words (LENGTH_GROUPS):
+    dense towers and BM25 win on different lengths, which is why their fusion beats both."""
+    n = queries["query"].str.split().str.len().to_numpy()
+    return {name: set(queries["query_id"].to_numpy()[(n >= lo) & (n <= hi)]) for name, lo, hi in LENGTH_GROUPS}
+
+
 def subset_means(systems: dict, qids: set) -> dict:
     """Recall@10 / NDCG@10 of each system over the queries in qids (per-query arrays of run_metrics)."""
     out = {}
@@ -255,6 +265,14 @@ def markdown(res: dict) -> str:
                       f"{res['test_queries']}), Recall@10 / NDCG@10: "
                   + "; ".join(f"{res['labels'][n]} {v['recall@10']:.4f} / {v['ndcg@10']:.4f}"
                               for n, v in sub["metrics"].items())]
+    groups = {g: v for g, v in (res.get("by_query_length") or {}).items() if v["queries"]}
+    if groups:
+        lines += ["", "Recall@10 by query length (words):", "",
+                  "| system | " + " | ".join(f"{g} ({v['queries']})" for g, v in groups.items()) + " |",
+                  "| --- |" + " ---: |" * len(groups)]
+        for name, label in res["labels"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{v['metrics'][name]['recall@10']:.4f}"
+                                                      for v in groups.values()) + " |")
     if res.get("hybrid_weights"):
         lines += ["", "Hybrid dense weights (chosen on the validation queries): "
                   + ", ".join(f"{k} {v:.1f}" for k, v in res["hybrid_weights"].items())]
@@ -342,6 +360,9 @@ def main(args) -> dict:
                       "vs_best_peer": compare(shown_systems, best, args.bootstrap, args.seed) if best else {}})
     odd = unknown_word_queries(queries, products) & set(systems["baseline"]["per"]["query"])
     res["unknown_word_queries"] = {"queries": len(odd), "metrics": subset_means(shown_systems, odd)}
+    scored = set(systems["baseline"]["per"]["query"])
+    res["by_query_length"] = {g: {"queries": len(q & scored), "metrics": subset_means(shown_systems, q & scored)}
+                              for g, q in query_length_groups(queries).items()}
     md = markdown(res)
     (args.out_dir).mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"quality_{args.tag}.md").write_text(md)

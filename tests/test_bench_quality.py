@@ -65,3 +65,20 @@ def test_bench_quality_every_system(tmp_path):
     assert made["seed"] == sample_catalog.parse_args([]).sample_seed
     md = (out / "quality_t.md").read_text()
     assert "peer: ST MNRL" in md and "KDD Task 1" in md and "BM25 (bm25s" in md and "vs best peer" in md
+    # the length groups split the scored queries, and their means recombine to each system's mean
+    groups = res["by_query_length"]
+    assert sum(g["queries"] for g in groups.values()) == res["test_queries"] and "by query length" in md
+    for name in res["labels"]:
+        total = sum(g["queries"] * g["metrics"][name]["recall@10"] for g in groups.values() if g["queries"])
+        assert total / res["test_queries"] == pytest.approx(res["metrics"][name]["recall@10"], abs=1e-3)
+
+
+def test_query_length_groups_by_word_count():
+    import pandas as pd
+
+    import bench_quality as bq
+    q = pd.DataFrame({"query_id": [1, 2, 3, 4, 5, 6],
+                      "query": ["drill", "cordless  drill", "3/4 pex pipe", "ge profile microwave trim kit",
+                                "a b c d e f g h", " tile "]})
+    g = bq.query_length_groups(q)
+    assert g == {"1 word": {1, 6}, "2 words": {2}, "3 words": {3}, "4+ words": {4, 5}}
