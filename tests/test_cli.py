@@ -31,7 +31,7 @@ SCRIPTS = {
     "workflow_state": ["done", "state", "step"],
 }
 BENCH = ["bench_bm25", "bench_encode", "bench_mining", "bench_optimizer", "bench_prepare", "bench_quality",
-         "bench_train"]
+         "bench_train", "pseudo_queries", "weight_average"]
 
 # (script, old spelling argv, dest, expected value, the new name shown in --help)
 OLD_SPELLINGS = [
@@ -61,7 +61,7 @@ def _help(mod, capsys) -> str:
 
 @pytest.mark.parametrize("name", list(SCRIPTS) + BENCH)
 def test_every_script_prints_the_suite_version(name, capsys):
-    mod = _bench(name) if name.startswith("bench_") else importlib.import_module(name)
+    mod = _bench(name) if name in BENCH else importlib.import_module(name)
     with pytest.raises(SystemExit) as e:
         mod.parse_args(["--version"])
     assert e.value.code == 0
