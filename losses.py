@@ -22,6 +22,8 @@ sum(w_i * loss_i) / sum(w_i).
     InBatchNegativesLoss     InfoNCE over in-batch positives + explicit negatives, with
                              accidental-hit masking and optional logQ correction
     CombinedLoss             InBatchNegativesLoss + contrastive_weight * WeightedContrastiveLoss
+    LexicalDistillLoss       KL to the student's own softmax re-ranked by BM25 (--lexical-distill);
+                             added to any of the above, with the candidates' BM25 scores as input
 
 `build_loss(name, ...)` makes one from the CLI settings. Helpers: `accidental_hit_mask` builds the
 mask of candidates that must not count as negatives, `log_sampling_probabilities` estimates logQ
@@ -252,6 +254,49 @@ class CombinedLoss(nn.Module):
             return loss
         pair = self.contrastive(query_emb, positive_emb, negative_emb, weights, mask, log_q, negative_valid)
         return loss + self.contrastive_weight * pair
+
+
+class LexicalDistillLoss(nn.Module):
+    """A lexical nudge: KL(teacher || student) over each row's batch candidates, where the teacher
+    is the student itself re-ranked by BM25 (the hybrid's second system):
+
+        student_i = log_softmax(scale * cos(q_i, candidates))              masked as in InfoNCE
+        teacher_i = softmax(stop_grad(scale * cos(q_i, candidates)) + beta * lex_i)
+        loss_i    = KL(teacher_i || student_i)
+
+    lex_i (b + b*k,) is the BM25 score of each candidate for row i's query divided by the row's
+    largest (0 where no query term matches), so beta is the logit boost a perfect lexical match
+    gets. With beta = 0 the teacher is the student and the loss is 0. The gradient on the logits
+    is softmax(student) - teacher: mass moves toward the candidates that share the query's words
+    (model numbers, sizes, brands), which mean-pooled MiniLM embeddings tend to blur. It is the
+    self-distillation form of lexical-teacher dense retrieval (SPAR, Chen et al. 2022; LED, Zhang
+    et al. 2022) at no extra encoding cost: the candidates are the ones InfoNCE already scores.
+
+    Args:
+        temperature: the student's softmax temperature (the InfoNCE one).
+        beta: logit boost of a candidate with the row's highest BM25 score.
+    Inputs: query_emb (b, d), positive_emb (b, d), negative_emb (b, k, d) or None, lexical
+        (b, b + b*k) float, weights (b,), mask (b, b + b*k) bool, negative_valid (b, k) bool.
+    Returns:
+        scalar loss (weighted mean over rows).
+    """
+
+    def __init__(self, temperature: float = 0.05, beta: float = 2.0):
+        super().__init__()
+        self.in_batch = InBatchNegativesLoss(temperature)
+        self.beta = beta
+
+    def forward(self, query_emb: torch.Tensor, positive_emb: torch.Tensor, negative_emb: torch.Tensor | None,
+                lexical: torch.Tensor, weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.in_batch.logits(query_emb, positive_emb, negative_emb, mask, None,
+                                      negative_valid).float()  # (b, b + b*k), masked
+        lex = lexical.to(logits.device, torch.float32)
+        lex = lex / lex.amax(dim=1, keepdim=True).clamp_min(1e-12)  # (b, b + b*k) in [0, 1]
+        masked = logits <= NEG_INF / 2
+        teacher = F.log_softmax((logits.detach() + self.beta * lex).masked_fill(masked, NEG_INF), dim=1)
+        per = F.kl_div(F.log_softmax(logits, dim=1), teacher, log_target=True, reduction="none").sum(1)  # (b,)
+        return _weighted_mean(per, weights)
 
 
 LOSSES = {"combined": CombinedLoss, "infonce": InBatchNegativesLoss,

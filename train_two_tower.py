@@ -96,6 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--query-typos", type=float_range(0.0, 1.0), default=0.0, metavar="P",
                    help="each epoch, give a fraction P of the training queries one realistic typing error "
                         "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")
+    p.add_argument("--lexical-distill", type=NONNEG_FLOAT, default=0.0, metavar="BETA",
+                   help="add KL(teacher || student) over each row's batch candidates, the teacher being the "
+                        "student's own softmax with BETA x the candidate's BM25 score (row max = 1) added to its "
+                        "logits: a lexical nudge toward products sharing the query's words (losses."
+                        "LexicalDistillLoss); 0 = off (default)")
     p.add_argument("--logq", action="store_true", help="logQ-correct in-batch logits by product frequency")
     p.add_argument("--label-weights", type=parse_label_weights, default=None, metavar="E=1,S=0.9,C=0.6",
                    help="positive weight per ESCI label, overriding prepare's (E 1.0, S 0.9, C 0.6 from stage 3); "

@@ -63,6 +63,9 @@ class Trainer:
             raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.loss_fn = L.build_loss(args.loss, args.temperature, args.margin, args.contrastive_weight,
                                     args.symmetric)
+        # --lexical-distill: BM25 over the catalog (built in memory on first use) re-ranks the teacher
+        self.distill = L.LexicalDistillLoss(args.temperature, args.lexical_distill) if args.lexical_distill else None
+        self._bm25 = None
         self.log_file = None
         self.tb = None
         # the one record of where training is: saved in last.pt and mirrored in progress.json
@@ -258,7 +261,8 @@ class Trainer:
         for bi in range(start, len(batches)):
             if pos["step"] >= st["total"]:
                 break
-            loss, stats = self._forward(model, batches[bi], st["q_tok"], st["p_tok"], st["judged"], st["logq"])
+            loss, stats = self._forward(model, batches[bi], st["q_tok"], st["p_tok"], st["judged"], st["logq"],
+                                        st["data"].query_texts if self.distill else None)
             (loss / a.grad_accum).backward()
             done[0] += len(batches[bi].q_rows)
             bar.update(1)
@@ -324,8 +328,27 @@ class Trainer:
         gathered = dnn.all_gather(padded)
         return torch.cat([g[:len(x)] for g, x in zip(gathered, parts)])
 
-    def _forward(self, model, b: Batch, q_tok, p_tok, judged, logq) -> tuple[torch.Tensor, dict]:
-        """Embed the batch and call the loss once, whichever it is."""
+    def _lexical(self, b: Batch, query_texts: list[str]) -> torch.Tensor:
+        """(b, b + b*k) BM25 score of every batch candidate (in-batch positives, then the explicit
+        negatives; 0 for padding) for each row's query: the --lexical-distill teacher's input."""
+        if self._bm25 is None:
+            from lexical import Bm25Index
+            self._bm25 = Bm25Index.build(self.products, show_progress=False)
+            log.info("--lexical-distill: BM25 over %s products (%.1f s)", f"{len(self.products):,}",
+                     self._bm25.meta["build_seconds"])
+        neg_flat = b.neg_rows.reshape(-1)
+        cand = np.concatenate([b.p_rows, neg_flat])
+        out = np.zeros((len(b.q_rows), len(cand)), np.float32)
+        for q in np.unique(b.q_rows):
+            s = self._bm25.scores(query_texts[q])
+            if s is not None:
+                out[b.q_rows == q] = np.where(cand >= 0, s[np.maximum(cand, 0)], 0.0)
+        return torch.from_numpy(out)
+
+    def _forward(self, model, b: Batch, q_tok, p_tok, judged, logq,
+                 query_texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
+        """Embed the batch and call the loss once, whichever it is (plus the --lexical-distill term
+        when the query texts are given)."""
         neg_flat = b.neg_rows.reshape(-1)
         valid = neg_flat >= 0
         with self._autocast():
@@ -344,7 +367,12 @@ class Trainer:
                                 f"check the negatives in training_pairs.parquet")
             kw["negative_valid"] = None
         loss = self.loss_fn(q, p, n, **kw)
-        stats = {"pos_cos": round(float((q * p).detach().sum(-1).mean()), 4),
+        extra = {}
+        if query_texts is not None:
+            d = self.distill(q, p, n, self._lexical(b, query_texts), kw["weights"], kw["mask"], kw["negative_valid"])
+            loss = loss + d
+            extra["distill"] = round(float(d.detach()), 5)
+        stats = {**extra, "pos_cos": round(float((q * p).detach().sum(-1).mean()), 4),
                  "masked": int(kw["mask"][:, :len(b.q_rows)].sum()) - int(kw["mask"].diagonal().sum())}
         if n is not None:
             stats["neg_cos"] = round(float(torch.einsum("bd,bkd->bk", q.detach(), n.detach())[

@@ -207,3 +207,32 @@ def test_symmetric_infonce_hand_computed_with_transposed_mask():
     assert plain.item() == pytest.approx(((fwd * w).sum() / w.sum()).item(), rel=1e-5)
     assert L.build_loss("combined", symmetric=True).in_batch.symmetric
     assert L.build_loss("infonce", symmetric=True).symmetric
+
+
+def test_lexical_distill_hand_computed_masked_and_pulls_toward_the_lexical_match():
+    q = unit([1, 0], [0, 1])
+    p = unit([1, 0], [0.6, 0.8])
+    n = unit([0.8, 0.6], [1, 0]).unsqueeze(1)  # (2, 1, 2): candidates p0, p1, n0, n1
+    lex = torch.tensor([[1.0, 0.0, 4.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    fn = L.LexicalDistillLoss(temperature=0.5, beta=3.0)
+    s = 2.0 * (q @ torch.cat([p, n[:, 0]]).T)  # (2, 4)
+    expect = 0.0
+    for i in range(2):
+        t = F.softmax(s[i] + 3.0 * lex[i] / lex[i].max(), 0)
+        expect += float((t * (t.log() - F.log_softmax(s[i], 0))).sum()) / 2
+    assert fn(q, p, n, lex).item() == pytest.approx(expect, rel=1e-5)
+    assert L.LexicalDistillLoss(0.5, beta=0.0)(q, p, n, lex).item() == pytest.approx(0.0, abs=1e-7)
+    assert fn(q, p, n, torch.zeros(2, 4)).item() == pytest.approx(0.0, abs=1e-7)  # no term matches
+    # a masked candidate is in neither distribution: masking row 0's lexical match n0 changes the loss
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 2] = True
+    t0 = F.softmax(s[0, [0, 1, 3]] + 3.0 * lex[0, [0, 1, 3]] / 4.0, 0)
+    kl0 = float((t0 * (t0.log() - F.log_softmax(s[0, [0, 1, 3]], 0))).sum())
+    t1 = F.softmax(s[1] + 3.0 * lex[1] / 2.0, 0)
+    kl1 = float((t1 * (t1.log() - F.log_softmax(s[1], 0))).sum())
+    assert fn(q, p, n, lex, mask=mask).item() == pytest.approx((kl0 + kl1) / 2, rel=1e-5)
+    # the gradient moves row 0's query toward its lexical match n0 (cosine with n0 rises after a step)
+    qv = q.clone().requires_grad_(True)
+    fn(qv, p, n, lex).backward()
+    q_new = F.normalize(qv.detach() - 0.1 * qv.grad, dim=-1)
+    assert float(q_new[0] @ n[0, 0]) > float(q[0] @ n[0, 0])

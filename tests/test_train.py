@@ -173,6 +173,7 @@ SMOKE = {  # flag -> check on (metrics, checkpoint dir); every training flag goe
     "logq": (["--logq", "--negatives", "1"], "logq"),
     "symmetric": (["--no-symmetric"], "symmetric"),
     "query-typos": (["--query-typos", "1.0"], "query_typos"),
+    "lexical-distill": (["--lexical-distill", "5", "--negatives", "1"], "lexical_distill"),
     "grad-accum": (["--grad-accum", "2"], "grad_accum"),
     "patience": (["--patience", "1", "--lr", "0", "--epochs", "3"], "patience"),
     "separate": (["--tower-sharing", "separate"], "separate"),
@@ -197,11 +198,14 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, "--loss", other,
                                     "--negatives", "2")))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0])  # another loss, another value
-    if check in ("logq", "symmetric", "query_typos"):  # the first loss differs from the run without the flag
+    if check in ("logq", "symmetric", "query_typos", "lexical_distill"):  # the first loss differs without the flag
         ref = tmp_path / "ref"
-        same = [f for f in flags if f not in ("--logq", "--no-symmetric", "--query-typos", "1.0")]
+        same = [f for f in flags if f not in ("--logq", "--no-symmetric", "--query-typos", "1.0", "--lexical-distill",
+                                              "5")]
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, *same)))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)
+    if check == "lexical_distill":  # the KL term is logged and is what made the loss differ
+        assert all(s["distill"] > 0 for s in steps)
     if check == "grad_accum":  # each optimiser step consumed two batches of 8
         assert [s["pairs"] for s in steps] == [16, 32]
     if check == "patience":  # lr 0 never improves after epoch 1: stop after epoch 2 of 3
