@@ -10,7 +10,8 @@
 #   bash run_workflow.sh --raw-dir ../shared/real_esci --resplit-queries 0.5   a small extract, re-split by query hash
 #   options: --size tiny|small|full  --data-dir DIR  --checkpoint-dir DIR  --resplit-queries F
 #            --only STEP  --to STEP  --force (redo the selected steps)  --quiet (no progress bars)
-#            --version  -- EXTRA_TRAIN_FLAGS...
+#            --mine-flags "FLAGS" (extra hard_negative_mining.py flags for both mining steps, e.g.
+#            "--false-negative-margin 0.1 --num-negatives 30")  --version  -- EXTRA_TRAIN_FLAGS...
 #
 # A step is up to date when its output exists and the record of its last finished run
 # (DATA_DIR/workflow_state/STEP.json) has the same options and the same input files (path, size,
@@ -21,10 +22,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
-RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" ONLY="" TO="" FORCE_ALL=0 DRY=0 FAST=0 EXTRA=() PREP=() QUIET=()
+RAW_DIR="" SIZE=small DATA=data CK=checkpoints FROM="" ONLY="" TO="" FORCE_ALL=0 DRY=0 FAST=0 EXTRA=() PREP=() QUIET=() MINE=()
 SAMPLE_SEED=0  # = cli.SAMPLE_SEED, the sample catalog sample_catalog.py and prepare --make-sample build by default
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
+  case "$1" in  # an option that takes a value must have one
+    --raw-dir|--size|--data-dir|--checkpoint-dir|--from|--only|--to|--resplit-queries|--mine-flags)
+      [ $# -ge 2 ] || { echo "run_workflow.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
+  esac
   case "$1" in
     --raw-dir) RAW_DIR=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
@@ -38,6 +43,7 @@ while [ $# -gt 0 ]; do
     --resplit-queries) PREP+=(--resplit-queries "$2"); shift 2 ;;
     --fast) FAST=1; SIZE=tiny; shift ;;
     --quiet) QUIET=(--quiet); shift ;;
+    --mine-flags) read -r -a MINE <<< "$2"; shift 2 ;;
     --version) $PY paths.py version; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
@@ -140,10 +146,10 @@ step bm25_index "$INDICES_BM25/metadata.json" "$DATA/products_clean.parquet" -- 
 step stage1 "$STAGE1" "$DATA/training_pairs.parquet" "$DATA/val_pairs.parquet" "$DATA/products_clean.parquet" \
   "$DATA/ground_truth.parquet" -- train_stage 1
 step mine1 "$HN2" "$STAGE1" -- \
-  $PY hard_negative_mining.py --checkpoint "$STAGE1" --data-dir "$DATA" --output "$HN2"
+  $PY hard_negative_mining.py --checkpoint "$STAGE1" --data-dir "$DATA" --output "$HN2" "${MINE[@]+"${MINE[@]}"}"
 step stage2 "$STAGE2" "$STAGE1" "$HN2" -- train_stage 2
 step mine2 "$HN3" "$STAGE2" -- \
-  $PY hard_negative_mining.py --checkpoint "$STAGE2" --data-dir "$DATA" --output "$HN3"
+  $PY hard_negative_mining.py --checkpoint "$STAGE2" --data-dir "$DATA" --output "$HN3" "${MINE[@]+"${MINE[@]}"}"
 step stage3 "$STAGE3" "$STAGE2" "$HN3" -- train_stage 3
 # best_model.pt is what gets indexed: the index and the report are checked against it
 step reindex "$INDICES/metadata.json" "$BEST" "$DATA/products_clean.parquet" -- \

@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse-peer", action="store_true", help="reuse peer models already in the work dir")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--mine-flags", default=None, metavar='"FLAGS"',
+                   help="extra hard_negative_mining.py flags for the workflow's two mining steps, e.g. "
+                        "--mine-flags=\"--false-negative-margin 0\"")
     p.add_argument("train_flags", nargs=argparse.REMAINDER, help="after --: extra flags for the workflow's training")
     args = p.parse_args(argv)
     args.train_flags = [f for f in args.train_flags if f != "--"]
@@ -108,6 +111,8 @@ def run_workflow(args, data: Path, ck: Path) -> tuple[float, dict]:
     cmd += ["--raw-dir", str(args.raw_dir)] if args.raw_dir else ["--size", args.size]
     if args.resplit_queries is not None:
         cmd += ["--resplit-queries", str(args.resplit_queries)]
+    if args.mine_flags:
+        cmd += ["--mine-flags", args.mine_flags]
     if args.train_flags:
         cmd += ["--", *args.train_flags]
     t = time.perf_counter()
@@ -288,6 +293,7 @@ def main(args) -> dict:
     data, ck = work / "data", work / "ck"
     res = {"tag": args.tag, "raw_dir": str(args.raw_dir) if args.raw_dir else f"sample:{args.size}",
            "resplit_queries": args.resplit_queries, "train_flags": args.train_flags,
+           "mine_flags": args.mine_flags,
            "command": "python bench/bench_quality.py " + " ".join(sys.argv[1:]),
            "cpu_flags": cpu_flag_names(),
            "seconds": {}}

@@ -67,11 +67,20 @@ def test_fast_workflow_end_to_end_and_rerun_skips(tmp_path):
     assert "[bm25_index] done" in redo.stderr  # the damaged index was rebuilt on the way
     assert redo.returncode == 0 and "[reindex] done" in redo.stderr and "[evaluate] done" in redo.stderr
     assert "[stage3] up to date" in redo.stderr and "[reindex] up to date" not in redo.stderr
+    # --mine-flags reach both mining steps: changing them redoes mining and what reads its output
+    mine = ["--mine-flags", "--false-negative-margin 0.2 --num-negatives 3"]
+    assert _dry_steps(tmp_path, "--fast", *mine) == all_steps[5:]
+    r = _run(tmp_path, "--fast", *mine, "--only", "mine1")
+    assert r.returncode == 0 and _ran(r) == ["mine1"], r.stderr[-2000:]
+    cfg = json.loads((tmp_path / "data" / "hard_negatives_stage2_stats.json").read_text())["config"]
+    assert (cfg["false_negative_margin"], cfg["num_negatives"]) == (0.2, 3)
 
 
 def test_bad_option_and_failing_step_is_named(tmp_path):
     r = _run(tmp_path, "--from", "nonsense")
     assert r.returncode == 2 and "not a step" in r.stderr
+    r = _run(tmp_path, "--mine-flags")
+    assert r.returncode == 2 and "--mine-flags needs a value" in r.stderr
     r = _run(tmp_path, "--raw-dir", str(tmp_path / "missing"))
     assert r.returncode == 1 and "step 'prepare' failed" in r.stderr
 
