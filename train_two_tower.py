@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add KL(teacher || student) over each row's batch candidates, the teacher being the "
                         "student's own softmax with BETA x the candidate's BM25 score (row max = 1) added to its "
                         "logits: a lexical nudge toward products sharing the query's words (losses."
-                        "LexicalDistillLoss); costs a BM25 index in memory and one BM25 scoring of the catalog "
+                        "LexicalDistillLoss; DATA_DIR/indices_bm25 when built, else an index built in memory); costs one "
+                        "BM25 scoring of the catalog "
                         "per distinct query of each batch; 0 = off (default; it did not help on Home Depot)")
     p.add_argument("--logq", action="store_true", help="logQ-correct in-batch logits by product frequency")
     p.add_argument("--label-weights", type=parse_label_weights, default=None, metavar="E=1,S=0.9,C=0.6",

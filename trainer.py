@@ -63,7 +63,7 @@ class Trainer:
             raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.loss_fn = L.build_loss(args.loss, args.temperature, args.margin, args.contrastive_weight,
                                     args.symmetric)
-        # --lexical-distill: BM25 over the catalog (built in memory on first use) re-ranks the teacher
+        # --lexical-distill: BM25 over the catalog (loaded or built on first use) re-ranks the teacher
         self.distill = L.LexicalDistillLoss(args.temperature, args.lexical_distill) if args.lexical_distill else None
         self._bm25 = None
         self.log_file = None
@@ -331,11 +331,16 @@ class Trainer:
     def _lexical(self, b: Batch, query_texts: list[str]) -> torch.Tensor:
         """(b, b + b*k) BM25 score of every batch candidate (in-batch positives, then the explicit
         negatives; 0 for padding) for each row's query: the --lexical-distill teacher's input."""
-        if self._bm25 is None:
+        if self._bm25 is None:  # the workflow's index (the hybrid's BM25) when built, else one in memory
             from lexical import Bm25Index
-            self._bm25 = Bm25Index.build(self.products, show_progress=False)
-            log.info("--lexical-distill: BM25 over %s products (%.1f s)", f"{len(self.products):,}",
-                     self._bm25.meta["build_seconds"])
+            from paths import bm25_index_dir
+            built = bm25_index_dir(self.args.data_dir)
+            if (built / "metadata.json").is_file():
+                self._bm25 = Bm25Index.load(built, self.products)
+            else:
+                self._bm25 = Bm25Index.build(self.products, show_progress=False)
+            log.info("--lexical-distill: BM25 over %s products (%s)", f"{len(self.products):,}",
+                     built if (built / "metadata.json").is_file() else "built in memory")
         neg_flat = b.neg_rows.reshape(-1)
         cand = np.concatenate([b.p_rows, neg_flat])
         out = np.zeros((len(b.q_rows), len(cand)), np.float32)
