@@ -335,12 +335,11 @@ class Trainer:
             from lexical import Bm25Index
             from paths import bm25_index_dir
             built = bm25_index_dir(self.args.data_dir)
-            if (built / "metadata.json").is_file():
-                self._bm25 = Bm25Index.load(built, self.products)
-            else:
-                self._bm25 = Bm25Index.build(self.products, show_progress=False)
+            have = (built / "metadata.json").is_file()
+            self._bm25 = (Bm25Index.load(built, self.products) if have
+                          else Bm25Index.build(self.products, show_progress=False))
             log.info("--lexical-distill: BM25 over %s products (%s)", f"{len(self.products):,}",
-                     built if (built / "metadata.json").is_file() else "built in memory")
+                     built if have else "built in memory")
         neg_flat = b.neg_rows.reshape(-1)
         cand = np.concatenate([b.p_rows, neg_flat])
         out = np.zeros((len(b.q_rows), len(cand)), np.float32)

@@ -48,7 +48,8 @@ def bm25_search(data: Path, n_queries: int) -> float:
     import pandas as pd
 
     from lexical import Bm25Index
-    ix = Bm25Index.load(data / "indices_bm25")
+    from paths import bm25_index_dir
+    ix = Bm25Index.load(bm25_index_dir(data))
     gt = pd.read_parquet(data / "ground_truth.parquet", columns=["query", "split"])
     queries = gt[gt["split"] == "test"]["query"].drop_duplicates().head(n_queries).tolist()
     t = time.perf_counter()
