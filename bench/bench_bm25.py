@@ -26,7 +26,7 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 
 from lexical import Bm25Index  # noqa: E402
 from metrics import evaluate_run  # noqa: E402
-from cli import add_version_arg  # noqa: E402
+from cli import add_version_arg, run_cli  # noqa: E402
 from fileio import load_catalog, load_prepared  # noqa: E402
 from paths import ESCI_GAINS  # noqa: E402
 
@@ -93,4 +93,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_cli(main, parse_args()))

@@ -38,7 +38,7 @@ from backends import OnnxTower, OpenVINOTower, onnx_available, openvino_availabl
 from metrics import evaluate_run  # noqa: E402
 from sample_catalog import make_sample_catalog  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from cli import SAMPLE_SEED, add_alias, add_version_arg  # noqa: E402
+from cli import SAMPLE_SEED, add_alias, add_version_arg, run_cli  # noqa: E402
 from paths import ESCI_GAINS, EXAMPLES_FILE, PRODUCTS_FILE  # noqa: E402
 from utils import bf16_supported, build_product_text, resolve_model_path  # noqa: E402
 
@@ -165,4 +165,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_cli(main, parse_args()))

@@ -23,7 +23,7 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 from embeddings import build_index  # noqa: E402
 from hard_negative_mining import mine  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from cli import add_version_arg  # noqa: E402
+from cli import add_version_arg, run_cli  # noqa: E402
 from utils import peak_rss_mb  # noqa: E402
 
 
@@ -85,4 +85,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_cli(main, parse_args()))

@@ -17,7 +17,7 @@ import torch
 
 from common import ROOT, cpu_flags, write_result  # noqa: E402  (puts the project on sys.path)
 
-from cli import add_version_arg  # noqa: E402
+from cli import add_version_arg, run_cli  # noqa: E402
 from paths import DEFAULT_BASE_MODEL  # noqa: E402
 from utils import resolve_model_path  # noqa: E402
 
@@ -61,4 +61,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_cli(main, parse_args()))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, write_result  # noqa: E402
-from cli import add_version_arg  # noqa: E402
+from cli import add_version_arg, run_cli  # noqa: E402
 
 
 def timed(cmd: list[str]) -> dict:
@@ -85,4 +85,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_cli(main, parse_args()))

@@ -53,7 +53,7 @@ from lexical import Bm25Index  # noqa: E402
 from metrics import paired_bootstrap_ci  # noqa: E402
 from retrieval import bm25_run, choose_weight, dense_run, fused_run, judged_candidates, run_metrics  # noqa: E402
 from two_tower_model import TwoTowerModel  # noqa: E402
-from cli import add_version_arg, setup_logging  # noqa: E402
+from cli import add_version_arg, run_cli, setup_logging  # noqa: E402
 from fileio import load_catalog, load_prepared  # noqa: E402
 from paths import DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint  # noqa: E402
 from utils import log  # noqa: E402
@@ -377,4 +377,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_cli(main, parse_args()))

@@ -12,7 +12,11 @@
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 1 typos02 "" --query-typos 0.2
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 2 skip10 "--skip-top 10"
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 3 c0 "" --label-weights C=0
-# Writes bench/out/quality_hd_s<STAGE>_<NAME>[_e<E>].json/.md; scratch under ${TMPDIR:-/tmp}.
+# Writes bench/out/quality_hd_s<STAGE>_<NAME>[_e<E>].json/.md and the stage's train_metrics.json
+# (bench/out/quality_hd_s<STAGE>_<NAME>_train_metrics.json); scratch under ${TMPDIR:-/tmp}.
+# PEERS="plain,cached" (default plain) names the peer models the score compares with; PEERS="" for a
+# work dir without peers (bench_quality.py --peers "" then trains none). Pass the run's seed among the
+# TRAIN_FLAGS (--seed S) when the run was not made with the default 42.
 set -euo pipefail
 [[ $# -ge 4 ]] || { echo "usage: $0 WORK_DIR STAGE NAME \"MINE_FLAGS\" [TRAIN_FLAGS...]" >&2; exit 2; }
 W=$1 STAGE=$2 NAME=$3 MINE_FLAGS=$4
@@ -45,7 +49,7 @@ PY
 
 score() {  # checkpoint, tag
   "$PY" bench/bench_quality.py --raw-dir "$RAW" --resplit-queries "$SPLIT" --reuse-peer --work-dir "$W" \
-    --checkpoint "$1" --tag "$2"
+    --checkpoint "$1" --tag "$2" --peers "${PEERS-plain}"
 }
 
 case $STAGE in
@@ -70,4 +74,5 @@ case $STAGE in
     for e in 4 5; do score "$CK/epoch_$e.pt" "hd_s3_${NAME}_e$e"; done ;;
   *) echo "STAGE must be 1, 2 or 3" >&2; exit 2 ;;
 esac
+cp "$CK/train_metrics.json" "bench/out/quality_hd_s${STAGE}_${NAME}_train_metrics.json"  # times, val record
 rm -rf "$SCRATCH"

@@ -188,3 +188,16 @@ def test_sample_catalog_and_prepare_refuse_to_replace_without_overwrite(tmp_path
         prep.main(prep.parse_args(["--raw-dir", str(raw), "--data-dir", str(tmp_path / "d2"), "--make-sample", "tiny"]))
     prep.main(prep.parse_args(["--raw-dir", str(raw), "--data-dir", str(data), "--neg-ratio", "1", "--overwrite"]))
     assert (data / "prepare_stats.json").read_bytes() != stats
+
+
+@pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "workflow_state"] + BENCH)
+def test_every_script_runs_main_through_run_cli(name):
+    """A bad input (UserError) becomes one line and exit 2, an interrupt exit 130, in every script and
+    benchmark alike: their `__main__` guard hands main to cli.run_cli. (workflow_state's exit status is
+    its verdict for run_workflow.sh, so it is not in this list.)"""
+    import ast
+    path = ROOT / ("bench" if name in BENCH else "") / f"{name}.py"
+    guards = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.If)
+              and ast.unparse(n.test) in ("__name__ == '__main__'", '__name__ == "__main__"')]
+    assert len(guards) == 1, f"{path.name}: one __main__ guard"
+    assert ast.unparse(guards[0].body[-1]) == "raise SystemExit(run_cli(main, parse_args()))", path.name
