@@ -8,6 +8,9 @@
 - `plan_epoch`: a seeded, reproducible list of batches for one epoch: shuffled, length-bucketed
   within windows (fewer pad tokens), no product twice in a batch where avoidable, and the
   explicit negatives of each row drawn up front, so a resumed run sees exactly the same batches.
+- `length_groups`: how to cut one side of a batch (its queries, positives or negatives) into
+  length-sorted groups that are embedded one after the other, so that a short text is not padded
+  to the batch's longest (the queries and the mined negatives of a step are not length-bucketed).
 """
 from __future__ import annotations
 
@@ -49,6 +52,35 @@ class TokenStore:
             ids[r, :b - a] = self.flat[a:b]
             att[r, :b - a] = 1
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(att)}
+
+
+# the fixed cost of one more encoder call, in pad tokens: a group is split off when it saves more
+# padding than this (measured on 2 CPU cores, HD titles, stage 2: 64 to 256 all gave 1.22-1.29x)
+GROUP_OVERHEAD_TOKENS = 128
+
+
+def length_groups(lengths: np.ndarray, overhead: int | None = None) -> list[np.ndarray]:
+    """Positions 0..n-1 of `lengths` cut into groups of similar length, shortest first, that
+    minimise sum(len(group) * max length in group) + overhead * number of groups: the tokens an
+    encoder computes when each group is padded only to its own longest text. Exact (dynamic
+    programming over the sorted lengths, O(n^2) for a batch of n). Every position is in exactly one
+    group; one group when splitting would not pay (e.g. equal lengths)."""
+    overhead = GROUP_OVERHEAD_TOKENS if overhead is None else overhead
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    srt = np.asarray(lengths, dtype=np.int64)[order]
+    n = len(srt)
+    cost = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for i in range(1, n + 1):  # cost[i]: the best split of the i shortest; its last group is cut[i]..i-1
+        j = np.arange(i)
+        c = cost[:i] + (i - j) * srt[i - 1] + overhead
+        cut[i] = int(np.argmin(c))
+        cost[i] = c[cut[i]]
+    groups, i = [], n
+    while i > 0:
+        groups.append(order[cut[i]:i])
+        i = cut[i]
+    return groups[::-1]
 
 
 GRADE = {"E": 0, "S": 1, "C": 2}  # ESCI relevance grades of positives, most relevant first

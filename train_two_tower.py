@@ -87,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bucket-batches", type=NONNEG_INT, default=16,
                    help="sort rows by product length within windows of N batches (faster, less padding); "
                         "0 = random batches")
+    p.add_argument("--length-groups", choices=["auto", "on", "off"], default="auto",
+                   help="embed each side of a batch (queries, positives, negatives) in length-sorted groups, "
+                        "each padded only to its own longest text: the same embeddings, fewer tokens computed; "
+                        "auto = on the CPU, off on a GPU")
     p.add_argument("--graded-mask", action=argparse.BooleanOptionalAction, default=False,
                    help="mask from a row's softmax only the products judged at least as relevant as its own "
                         "positive: an E row keeps its query's S/C products as negatives (E ranks above S); "

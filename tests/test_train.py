@@ -600,3 +600,65 @@ def test_the_optimizer_is_fused_adamw_on_cpu_and_updates_like_plain_adamw():
     # the fused kernel rounds in another order: up to ~3e-6 apart after 5 steps, depending on memory
     # alignment (so 1e-6 failed now and then); Adam's coupled decay or no decay is >= 2e-3 apart
     torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-4)
+
+
+def test_length_groups_cut_a_batch_where_padding_costs_more_than_a_call():
+    from train_data import length_groups
+    # equal lengths: one group, whatever the overhead
+    assert [g.tolist() for g in length_groups(np.array([7, 7, 7]), 0)] == [[0, 1, 2]]
+    # two clusters: 4 short (5) and 2 long (40) texts; padding all to 40 costs 4 * 35 = 140 extra tokens
+    lengths = np.array([40, 5, 5, 40, 5, 5])
+    assert [sorted(g.tolist()) for g in length_groups(lengths, 100)] == [[1, 2, 4, 5], [0, 3]]
+    assert [sorted(g.tolist()) for g in length_groups(lengths, 200)] == [[0, 1, 2, 3, 4, 5]]  # not worth a call
+    # exact: never more computed tokens (+ overhead) than one padded batch or than any fixed cut
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lens = rng.integers(3, 60, size=int(rng.integers(1, 70)))
+        gs = length_groups(lens, 64)
+        assert sorted(np.concatenate(gs).tolist()) == list(range(len(lens)))  # each position once
+        cost = sum(len(g) * lens[g].max() + 64 for g in gs)
+        assert cost <= len(lens) * lens.max() + 64
+        srt = np.sort(lens)
+        for k in (2, 4):
+            fixed = sum(len(c) * c.max() + 64 for c in np.array_split(srt, k) if len(c))
+            assert cost <= fixed
+        assert all(lens[a].max() <= lens[b].min() for a, b in zip(gs, gs[1:]))  # shortest group first
+
+
+def test_length_groups_flag_changes_the_calls_not_the_embeddings(data_dir, tmp_path, tiny_encoder_dir, monkeypatch):
+    """--length-groups on embeds a side of a batch in several calls, off in one; the embeddings are the
+    same up to float rounding (dropout draws its masks per call, so training losses are not
+    bit-identical); auto is on for the CPU."""
+    import train_data
+    from two_tower_model import TwoTowerModel
+    monkeypatch.setattr(train_data, "GROUP_OVERHEAD_TOKENS", 0)  # split wherever lengths differ
+    sizes = []
+    real = TwoTowerModel.embed
+
+    def embed(self, batch, side):
+        sizes.append(int(batch["input_ids"].shape[0]))
+        return real(self, batch, side)
+
+    monkeypatch.setattr(TwoTowerModel, "embed", embed)
+    calls = {}
+    for mode in ("on", "off"):
+        sizes.clear()
+        tt.main(tt.parse_args(_argv(data_dir, tmp_path / mode, tiny_encoder_dir, "--stage", "1", "--max-steps", "3",
+                                    "--epochs", "1", "--val-batches", "0", "--length-groups", mode)))
+        calls[mode] = list(sizes)
+    assert max(calls["off"]) == 8 and min(calls["on"]) < 8 and len(calls["on"]) > len(calls["off"])
+    # the trainer's embedding of one batch side, grouped and not, from the same weights
+    args = tt.parse_args(_argv(data_dir, tmp_path / "a", tiny_encoder_dir, "--stage", "1"))
+    assert args.length_groups == "auto"
+    trainer = TR.Trainer(args, 0, 1)
+    assert trainer.length_groups is True  # auto on the CPU
+    model = TwoTowerModel.from_pretrained(tmp_path / "off" / "stage1.pt").eval()
+    texts = trainer.products["product_text"].tolist()[:40]
+    store = train_data.TokenStore(model.tokenizer, texts, 128)
+    rows = np.random.default_rng(0).permutation(len(texts))[:24]
+    assert len(train_data.length_groups(store.lengths[rows])) > 1
+    with torch.no_grad():
+        grouped = trainer._embed(model, store, rows, "product")
+        trainer.length_groups = False
+        single = trainer._embed(model, store, rows, "product")
+    assert torch.allclose(grouped, single, atol=1e-5)
