@@ -56,7 +56,7 @@ from two_tower_model import TwoTowerModel  # noqa: E402
 from cli import add_version_arg, run_cli, setup_logging  # noqa: E402
 from fileio import load_catalog, load_prepared  # noqa: E402
 from paths import DEFAULT_BASE_MODEL, ESCI_GAINS, best_checkpoint  # noqa: E402
-from utils import log  # noqa: E402
+from utils import UserError, log  # noqa: E402
 
 STAGE1_EPOCHS = 2
 COMPARED = ("recall@10", "ndcg@10", "mrr", "kdd_task1_ndcg")
@@ -126,7 +126,8 @@ def run_workflow(args, data: Path, ck: Path) -> tuple[float, dict]:
             if m:
                 steps[m.group(1)] = int(m.group(2))
     if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
+        raise UserError(f"the workflow failed (run_workflow.sh exit {proc.returncode}; its error is above); fix it "
+                        f"and rerun: the finished steps in {data.parent} are kept")
     return time.perf_counter() - t, steps
 
 

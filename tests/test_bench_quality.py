@@ -82,3 +82,14 @@ def test_query_length_groups_by_word_count():
                                 "a b c d e f g h", " tile "]})
     g = bq.query_length_groups(q)
     assert g == {"1 word": {1, 6}, "2 words": {2}, "3 words": {3}, "4+ words": {4, 5}}
+
+
+def test_a_failing_workflow_is_one_line_and_exit_2(tmp_path, caplog):
+    """A bad --raw-dir stops run_workflow.sh at prepare; bench_quality says so in one line (exit 2)."""
+    import bench_quality as bq
+    from cli import run_cli
+    args = bq.parse_args(["--raw-dir", str(tmp_path / "missing"), "--peers", "", "--work-dir", str(tmp_path / "w"),
+                          "--out-dir", str(tmp_path / "out")])
+    assert run_cli(bq.main, args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("the workflow failed") and "\n" not in errors[0]
