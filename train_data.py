@@ -55,7 +55,8 @@ class TokenStore:
 
 
 # the fixed cost of one more encoder call, in pad tokens: a group is split off when it saves more
-# padding than this (measured on 2 CPU cores, HD titles, stage 2: 64 to 256 all gave 1.22-1.29x)
+# padding than this (a one-off forward + backward timing of HD stage-2 batches on 2 AVX2 cores, not
+# kept in bench/: 64, 128 and 256 gave the same speed within the rounds' spread)
 GROUP_OVERHEAD_TOKENS = 128
 
 

@@ -6,8 +6,8 @@ Both train the real all-MiniLM-L6-v2 on the training positives of the `small` sa
 product texts) or of --raw-dir (e.g. ../shared/real_homedepot: short titles) with in-batch
 negatives only (ours: the stage-1 default, symmetric in-batch InfoNCE, which costs what MNRL costs
 plus one transposed softmax), once as the workflow runs it and once with --length-groups off (every
-batch side padded to its longest text, as before that option existed). Rates are steady-state: the first --warmup steps are excluded. The
-CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
+batch side padded to its longest text, as before that option existed). Rates are steady-state: the
+first --warmup steps are excluded. The CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
 
 Examples (~6 min on 2 cores each):
     python bench/bench_train.py --steps 12 --batch-size 32 --out bench/out/train.json
