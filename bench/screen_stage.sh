@@ -4,7 +4,7 @@
 #
 #   stage 1: train stage 1 alone with FLAGS; score its epoch 2
 #   stage 2: mine from the run's stage1.pt with MINE_FLAGS, train stage 2 with FLAGS; score epoch 3
-#   stage 3: from the run's stage-2 model, train stage 3 with FLAGS; score epochs 4 and 5
+#   stage 3: from the run's stage-2 model, train stage 3 with FLAGS; score epochs 4 and 5 (those it wrote)
 #
 # Usage: bash bench/screen_stage.sh WORK_DIR STAGE NAME "MINE_FLAGS" [TRAIN_FLAGS...]
 # Example (the docs/experiments.md 0.7.0 table; WORK_DIR made by
@@ -12,19 +12,23 @@
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 1 typos02 "" --query-typos 0.2
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 2 skip10 "--skip-top 10"
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 3 c0 "" --label-weights C=0
-# Writes bench/out/quality_hd_s<STAGE>_<NAME>[_e<E>].json/.md and the stage's train_metrics.json
-# (bench/out/quality_hd_s<STAGE>_<NAME>_train_metrics.json); scratch under ${TMPDIR:-/tmp}.
+# Writes bench/out/quality_<SET>_s<STAGE>_<NAME>[_e<E>].json/.md and the stage's train_metrics.json
+# (bench/out/quality_<SET>_s<STAGE>_<NAME>_train_metrics.json; SET is hd, or see RAW_DIR below);
+# scratch under ${TMPDIR:-/tmp}.
 # PEERS="plain,cached" (default plain) names the peer models the score compares with; PEERS="" for a
 # work dir without peers (bench_quality.py --peers "" then trains none). Pass the run's seed among the
-# TRAIN_FLAGS (--seed S) when the run was not made with the default 42.
+# TRAIN_FLAGS (--seed S) when the run was not made with the default 42. RAW_DIR and RESPLIT (default
+# ../shared/real_homedepot and 0.3) name the run's data; RAW_DIR="" for a run on the built-in sample.
 set -euo pipefail
 [[ $# -ge 4 ]] || { echo "usage: $0 WORK_DIR STAGE NAME \"MINE_FLAGS\" [TRAIN_FLAGS...]" >&2; exit 2; }
 W=$1 STAGE=$2 NAME=$3 MINE_FLAGS=$4
 shift 4
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-RAW=${RAW_DIR:-../shared/real_homedepot}
-SPLIT=${RESPLIT:-0.3}
+SRC=(--raw-dir "${RAW_DIR-../shared/real_homedepot}" --resplit-queries "${RESPLIT:-0.3}")
+[[ -n ${RAW_DIR-x} ]] || SRC=()  # RAW_DIR="": a work dir of the built-in sample (bench_quality.py's default)
+SET=hd  # the name's prefix in bench/out: hd, the raw dir's name, or sample
+[[ -n ${RAW_DIR+x} ]] && SET=$(basename "${RAW_DIR:-sample}")
 SCRATCH=${TMPDIR:-/tmp}/screen_s${STAGE}_${NAME}
 [[ -f $W/ck/progress.json && -d $W/data ]] || { echo "$W: no finished workflow run (data/, ck/progress.json)" >&2; exit 2; }
 rm -rf "$SCRATCH"
@@ -48,14 +52,14 @@ PY
 }
 
 score() {  # checkpoint, tag
-  "$PY" bench/bench_quality.py --raw-dir "$RAW" --resplit-queries "$SPLIT" --reuse-peer --work-dir "$W" \
+  "$PY" bench/bench_quality.py "${SRC[@]+"${SRC[@]}"}" --reuse-peer --work-dir "$W" \
     --checkpoint "$1" --tag "$2" --peers "${PEERS-plain}"
 }
 
 case $STAGE in
   1)
     "$PY" train_two_tower.py --stage 1 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    score "$CK/epoch_2.pt" "hd_s1_$NAME" ;;
+    score "$CK/epoch_2.pt" "${SET}_s1_$NAME" ;;
   2)
     DATA=$SCRATCH/data
     cp -r "$W/data" "$DATA"
@@ -65,14 +69,16 @@ case $STAGE in
     "$PY" hard_negative_mining.py --checkpoint "$CK/stage1.pt" --data-dir "$DATA" \
       --output "$DATA/hard_negatives_stage2.parquet" --overwrite --quiet $MINE_FLAGS
     "$PY" train_two_tower.py --stage 2 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    score "$CK/epoch_3.pt" "hd_s2_$NAME" ;;
+    score "$CK/epoch_3.pt" "${SET}_s2_$NAME" ;;
   3)
     cp "$W"/ck/{stage1,stage2,epoch_1,epoch_2,epoch_3}.pt "$CK/"
     cp "$CK/epoch_3.pt" "$CK/best_model.pt"
     keep_stages 2
     "$PY" train_two_tower.py --stage 3 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    for e in 4 5; do score "$CK/epoch_$e.pt" "hd_s3_${NAME}_e$e"; done ;;
+    for e in 4 5; do  # epoch 5 only where stage 3 ran its two epochs (not with --epochs 1)
+      if [[ -f $CK/epoch_$e.pt ]]; then score "$CK/epoch_$e.pt" "${SET}_s3_${NAME}_e$e"; fi
+    done ;;
   *) echo "STAGE must be 1, 2 or 3" >&2; exit 2 ;;
 esac
-cp "$CK/train_metrics.json" "bench/out/quality_hd_s${STAGE}_${NAME}_train_metrics.json"  # times, val record
+cp "$CK/train_metrics.json" "bench/out/quality_${SET}_s${STAGE}_${NAME}_train_metrics.json"  # times, val record
 rm -rf "$SCRATCH"
