@@ -30,7 +30,7 @@ SCRIPTS = {
     "two_tower_model": ["--query", "q", "--product", "p"],
     "workflow_state": ["done", "state", "step"],
 }
-BENCH = ["bench_bm25", "bench_encode", "bench_mining", "bench_optimizer", "bench_prepare", "bench_quality",
+BENCH = ["bench_bm25", "bench_encode", "bench_gemm", "bench_mining", "bench_optimizer", "bench_prepare", "bench_quality",
          "bench_train", "pseudo_queries", "weight_average"]
 
 # (script, old spelling argv, dest, expected value, the new name shown in --help)
