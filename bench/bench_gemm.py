@@ -1,14 +1,14 @@
 """Benchmark: this CPU's matrix-multiply ceiling in fp32 and bf16 at all-MiniLM-L6-v2's shapes, the
 limit that training and encoding speed on the CPU comes up against.
 
-Training and encoding MiniLM are almost all (tokens x 384) @ (384 x 384 | 1536) products and their
-transposes, so their speed follows this machine's GEMM rate, which differs several-fold between CPU
-classes (AVX2 only, AVX-512 with native bf16, AMX). Putting a speed figure next to this ceiling,
+Training and encoding MiniLM are almost all (tokens x 384) @ (384 x 384 | 1152 | 1536) and
+(tokens x 1536) @ (1536 x 384) products and their transposes, so their speed follows this machine's
+GEMM rate, which differs between CPU classes (AVX2 only, AVX-512 with native bf16, AMX). Putting a speed figure next to this ceiling,
 measured in the same session, says whether a machine is slow or the code is. Reads nothing; writes a
 JSON with GFLOP/s per (dtype, shape) (best and median of --reps timed repetitions, each long enough
 to take --min-seconds), each dtype's median over the MiniLM shapes, the bf16/fp32 ratio, and the
-CPU flags. bf16 is measured even where it is not native (it is then emulated and slow), so the
-ratio says what native bf16 buys here.
+CPU flags. bf16 is measured even where it is not native (`bf16_native` in the JSON says which), so
+the ratio says what bf16 buys on this CPU.
 
 Example (~1 min on 2 cores):
     python bench/bench_gemm.py --out bench/out/gemm.json
