@@ -8,9 +8,10 @@
 - `plan_epoch`: a seeded, reproducible list of batches for one epoch: shuffled, length-bucketed
   within windows (fewer pad tokens), no product twice in a batch where avoidable, and the
   explicit negatives of each row drawn up front, so a resumed run sees exactly the same batches.
-- `length_groups`: how to cut one side of a batch (its queries, positives or negatives) into
-  length-sorted groups that are embedded one after the other, so that a short text is not padded
-  to the batch's longest (the queries and the mined negatives of a step are not length-bucketed).
+- `length_groups`: how to cut the texts of a batch (its queries, positives and negatives, all
+  together when the towers share weights) into length-sorted groups that are embedded one after
+  the other, so that a short text is not padded to the batch's longest (the queries and the mined
+  negatives of a step are not length-bucketed); `stack_batch` pads one group.
 """
 from __future__ import annotations
 
@@ -43,15 +44,25 @@ class TokenStore:
         return len(self.lengths)
 
     def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = np.asarray(rows)
-        width = int(self.lengths[rows].max())
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        att = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            a, b = self.offsets[i], self.offsets[i + 1]
-            ids[r, :b - a] = self.flat[a:b]
+        return stack_batch([(self, np.asarray(rows))])
+
+
+def stack_batch(pieces: list[tuple[TokenStore, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """One padded batch of the texts `rows` of each (store, rows), in that order, padded to the
+    longest of them: e.g. queries and product texts together, for towers that share weights."""
+    pieces = [(st, np.asarray(rows)) for st, rows in pieces]
+    n = sum(len(rows) for _, rows in pieces)
+    width = max(int(st.lengths[rows].max()) for st, rows in pieces if len(rows))
+    ids = np.full((n, width), pieces[0][0].pad_id, dtype=np.int64)
+    att = np.zeros((n, width), dtype=np.int64)
+    r = 0
+    for st, rows in pieces:
+        for i in rows:
+            a, b = st.offsets[i], st.offsets[i + 1]
+            ids[r, :b - a] = st.flat[a:b]
             att[r, :b - a] = 1
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(att)}
+            r += 1
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(att)}
 
 
 # the fixed cost of one more encoder call, in pad tokens: a group is split off when it saves more

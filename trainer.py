@@ -22,7 +22,7 @@ import losses as L
 from augment import augment_queries
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state
 from metrics import evaluate_run
-from train_data import GRADE, Batch, StageData, TokenStore, length_groups, plan_epoch
+from train_data import GRADE, Batch, StageData, TokenStore, length_groups, plan_epoch, stack_batch
 from train_parts import (SELECT, auto_batch_size, best_of, better, judged_sets, loss_inputs, lr_lambda, selection_rule,
                          shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
@@ -317,34 +317,60 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
-    def _embed(self, model, store: TokenStore, rows: np.ndarray, side: str) -> torch.Tensor:
-        """(len(rows), d) embeddings of `rows`, in their order. With --length-groups (auto: on the
-        CPU) the rows are embedded in length-sorted groups (train_data.length_groups), each padded
-        to its own longest text only: the same embeddings up to float rounding (padding is masked
-        out of attention and pooling), fewer tokens computed (1.35x faster stage-2 steps on HD
-        titles, docs/benchmarks.md)."""
-        groups = length_groups(store.lengths[rows]) if self.length_groups and len(rows) > 1 else []
-        if len(groups) <= 1:
-            return model.embed(store.batch(rows), side)
-        out = torch.cat([model.embed(store.batch(rows[g]), side) for g in groups])  # (n, d), grouped order
-        order = np.concatenate(groups)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return out[torch.from_numpy(inverse).to(out.device)]
+    def _embed_local(self, model, sides: list[tuple[TokenStore, np.ndarray, str]]) -> list[torch.Tensor]:
+        """(len(rows), d) embeddings of each (store, rows, side), in their order. With --length-groups
+        (auto: on the CPU) the texts are embedded in length-sorted groups (train_data.length_groups),
+        each padded to its own longest text only, the word embeddings of all groups looked up in one
+        call (TwoTowerModel.embed_batches); when the towers share weights, the groups mix the sides
+        (a short title with the queries, a long query with the titles). The same embeddings up to
+        float rounding (padding is masked out of attention and pooling) from fewer computed tokens
+        and one embedding gradient a step instead of one a group (docs/benchmarks.md, "Length
+        groups")."""
+        d = model.config.embedding_dim
+        if not self.length_groups:
+            return [model.embed(store.batch(rows), side) if len(rows) else torch.zeros(0, d, device=self.device)
+                    for store, rows, side in sides]
+        units = [[k] for k in range(len(sides))]
+        if model.towers_shared:
+            units = [list(range(len(sides)))]
+        out: list[torch.Tensor | None] = [None] * len(sides)
+        for unit in units:
+            which = np.concatenate([np.full(len(sides[k][1]), k) for k in unit]).astype(np.int64)
+            at = np.concatenate([np.arange(len(sides[k][1])) for k in unit]).astype(np.int64)
+            lengths = np.concatenate([sides[k][0].lengths[sides[k][1]] for k in unit])
+            groups = length_groups(lengths) if len(lengths) > 1 else [np.arange(len(lengths))]
+            batches, order = [], []
+            for g in groups:
+                g = np.concatenate([g[which[g] == k] for k in unit])  # side by side within the group
+                order.append(g)
+                batches.append(stack_batch([(sides[k][0], sides[k][1][at[g[which[g] == k]]]) for k in unit]))
+            side = sides[unit[0]][2] if len(unit) == 1 else "query"  # shared towers: either side
+            emb = torch.cat(model.embed_batches(batches, side)) if batches else None  # (n, d), grouped order
+            order = np.concatenate(order) if order else np.zeros(0, np.int64)
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            for k in unit:
+                rows_k = np.flatnonzero(which == k)
+                out[k] = (emb[torch.from_numpy(inverse[rows_k]).to(emb.device)] if len(rows_k)
+                          else torch.zeros(0, d, device=self.device))
+        return out
 
-    def _embed_global(self, model, store: TokenStore, rows: np.ndarray, side: str) -> torch.Tensor:
-        """Embed this process's slice of `rows` and gather the global batch (gradients flow back)."""
+    def _embed_sides(self, model, sides: list[tuple[TokenStore, np.ndarray, str]]) -> list[torch.Tensor]:
+        """_embed_local of this process's slice of each side's rows, each side gathered into the
+        global batch (gradients flow back)."""
         if self.world == 1:
-            return self._embed(model, store, rows, side)
-        parts = np.array_split(rows, self.world)
-        local = self._embed(model, store, parts[self.rank], side) if len(parts[self.rank]) else None
+            return self._embed_local(model, sides)
+        parts = [np.array_split(rows, self.world) for _, rows, _ in sides]
+        local = self._embed_local(model, [(st, p[self.rank], side) for (st, _, side), p in zip(sides, parts)])
         import torch.distributed.nn.functional as dnn
-        n = max(len(x) for x in parts)
-        padded = torch.zeros(n, model.config.embedding_dim, device=self.device)
-        if local is not None:
-            padded = torch.cat([local, padded[len(local):]]) if len(local) < n else local
-        gathered = dnn.all_gather(padded)
-        return torch.cat([g[:len(x)] for g, x in zip(gathered, parts)])
+        out = []
+        for loc, p in zip(local, parts):
+            n = max(len(x) for x in p)
+            padded = torch.zeros(n, model.config.embedding_dim, device=self.device, dtype=loc.dtype)
+            padded = torch.cat([loc, padded[len(loc):]]) if len(loc) < n else loc
+            gathered = dnn.all_gather(padded)
+            out.append(torch.cat([g[:len(x)] for g, x in zip(gathered, p)]))
+        return out
 
     def _lexical(self, b: Batch, query_texts: list[str]) -> torch.Tensor:
         """(b, b + b*k) BM25 score of every batch candidate (in-batch positives, then the explicit
@@ -374,11 +400,13 @@ class Trainer:
         neg_flat = b.neg_rows.reshape(-1)
         valid = neg_flat >= 0
         with self._autocast():
-            q = self._embed_global(model, q_tok, b.q_rows, "query")  # (b, d)
-            p = self._embed_global(model, p_tok, b.p_rows, "product")  # (b, d)
-            n = None
+            sides = [(q_tok, b.q_rows, "query"), (p_tok, b.p_rows, "product")]
             if valid.any():
-                n_valid = self._embed_global(model, p_tok, neg_flat[valid], "product")  # (m, d)
+                sides.append((p_tok, neg_flat[valid], "product"))
+            q, p, *rest = self._embed_sides(model, sides)  # (b, d), (b, d) [, (m, d)]
+            n = None
+            if rest:
+                n_valid = rest[0]
                 n = torch.zeros(len(neg_flat), q.shape[1], device=q.device, dtype=n_valid.dtype)
                 n[torch.from_numpy(np.flatnonzero(valid)).to(q.device)] = n_valid
                 n = n.reshape(len(b.q_rows), -1, q.shape[1])  # (b, k, d)

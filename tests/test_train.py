@@ -626,39 +626,99 @@ def test_length_groups_cut_a_batch_where_padding_costs_more_than_a_call():
 
 
 def test_length_groups_flag_changes_the_calls_not_the_embeddings(data_dir, tmp_path, tiny_encoder_dir, monkeypatch):
-    """--length-groups on embeds a side of a batch in several calls, off in one; the embeddings are the
-    same up to float rounding (dropout draws its masks per call, so training losses are not
-    bit-identical); auto is on for the CPU."""
+    """--length-groups on embeds a batch in several length groups, which mix queries and product
+    texts when the towers share weights, with one word-embedding lookup a step; off embeds each side
+    in one call. The embeddings are the same up to float rounding (dropout draws its masks per call,
+    so training losses are not bit-identical); auto is on for the CPU."""
     import train_data
     from two_tower_model import TwoTowerModel
     monkeypatch.setattr(train_data, "GROUP_OVERHEAD_TOKENS", 0)  # split wherever lengths differ
-    sizes = []
-    real = TwoTowerModel.embed
+    sizes, mixed, lookups = [], [], []
+    real_embed, real_many, real_stack = TwoTowerModel.embed, TwoTowerModel.embed_batches, TR.stack_batch
 
     def embed(self, batch, side):
         sizes.append(int(batch["input_ids"].shape[0]))
-        return real(self, batch, side)
+        return real_embed(self, batch, side)
+
+    def embed_batches(self, batches, side):
+        sizes.extend(int(b["input_ids"].shape[0]) for b in batches)
+        emb = self.query_tower.encoder.get_input_embeddings()
+        hook = emb.register_forward_hook(lambda *a: lookups.append(1))
+        try:
+            return real_many(self, batches, side)
+        finally:
+            hook.remove()
+
+    def stack_batch(pieces):
+        mixed.append(sum(len(rows) > 0 for _, rows in pieces))
+        return real_stack(pieces)
 
     monkeypatch.setattr(TwoTowerModel, "embed", embed)
+    monkeypatch.setattr(TwoTowerModel, "embed_batches", embed_batches)
+    monkeypatch.setattr(TR, "stack_batch", stack_batch)
     calls = {}
     for mode in ("on", "off"):
-        sizes.clear()
+        sizes.clear(), mixed.clear(), lookups.clear()
         tt.main(tt.parse_args(_argv(data_dir, tmp_path / mode, tiny_encoder_dir, "--stage", "1", "--max-steps", "3",
                                     "--epochs", "1", "--val-batches", "0", "--length-groups", mode)))
-        calls[mode] = list(sizes)
-    assert max(calls["off"]) == 8 and min(calls["on"]) < 8 and len(calls["on"]) > len(calls["off"])
-    # the trainer's embedding of one batch side, grouped and not, from the same weights
+        calls[mode] = (list(sizes), list(mixed), len(lookups))
+    (on_sizes, on_mixed, on_lookups), (off_sizes, off_mixed, _) = calls["on"], calls["off"]
+    assert max(off_sizes) == 8 and not off_mixed  # one call per side of a batch of 8
+    assert min(on_sizes) < 8 and len(on_sizes) > len(off_sizes)
+    assert 3 <= on_lookups <= 3 * 2  # one lookup per training step (or per call when a step is one group)
+    # the trainer's embedding of one batch's three sides, grouped and not, from the same weights
     args = tt.parse_args(_argv(data_dir, tmp_path / "a", tiny_encoder_dir, "--stage", "1"))
     assert args.length_groups == "auto"
     trainer = TR.Trainer(args, 0, 1)
     assert trainer.length_groups is True  # auto on the CPU
-    model = TwoTowerModel.from_pretrained(tmp_path / "off" / "stage1.pt").eval()
+    rng = np.random.default_rng(0)
     texts = trainer.products["product_text"].tolist()[:40]
-    store = train_data.TokenStore(model.tokenizer, texts, 128)
-    rows = np.random.default_rng(0).permutation(len(texts))[:24]
-    assert len(train_data.length_groups(store.lengths[rows])) > 1
-    with torch.no_grad():
-        grouped = trainer._embed(model, store, rows, "product")
-        trainer.length_groups = False
-        single = trainer._embed(model, store, rows, "product")
-    assert torch.allclose(grouped, single, atol=1e-5)
+    # half the "queries" are whole product texts, so that some have a product text's length
+    queries = [t if i % 2 else t[:n] for i, (t, n) in enumerate(zip(texts, rng.integers(3, 30, size=len(texts))))]
+    for sharing in ("shared", "separate"):
+        model = TwoTowerModel.from_pretrained(tmp_path / "off" / "stage1.pt")
+        if sharing == "separate":
+            model = TwoTowerModel.from_base(str(tiny_encoder_dir), tower_sharing="separate")
+        model.eval()
+        assert model.towers_shared is (sharing == "shared")
+        p_store = train_data.TokenStore(model.tokenizer, texts, 128)
+        q_store = train_data.TokenStore(model.tokenizer, queries, 32)
+        sides = [(q_store, rng.permutation(40)[:16], "query"), (p_store, rng.permutation(40)[:24], "product"),
+                 (p_store, rng.permutation(40)[:10], "product")]
+        with torch.no_grad():
+            mixed.clear()
+            trainer.length_groups = True
+            grouped = trainer._embed_local(model, sides)
+            assert len(mixed) > 3 and max(mixed) == (3 if sharing == "shared" else 1)  # groups mix the sides
+            trainer.length_groups = False
+            single = trainer._embed_local(model, sides)
+        for g, one, (_, rows, _) in zip(grouped, single, sides):
+            assert g.shape == (len(rows), model.config.embedding_dim)
+            assert torch.allclose(g, one, atol=1e-5)
+
+
+def test_embed_batches_looks_words_up_once_and_gives_embed_s_embeddings_and_gradients(tiny_encoder_dir):
+    """TwoTowerModel.embed_batches: one word-embedding lookup for several padded batches, and the
+    embeddings and the word-embedding gradient of one embed() call per batch."""
+    from train_data import TokenStore
+    from two_tower_model import TwoTowerModel
+    model = TwoTowerModel.from_base(str(tiny_encoder_dir)).eval()
+    texts = ["red drill", "cordless hammer drill 20v max", "pvc elbow 1/2 in.", "tarp",
+             "white ceiling fan with light kit"]
+    store = TokenStore(model.tokenizer, texts, 32)
+    batches = [store.batch(np.array([0, 3])), store.batch(np.array([1, 2, 4]))]
+    emb = model.query_tower.encoder.get_input_embeddings()
+    lookups = []
+    hook = emb.register_forward_hook(lambda *a: lookups.append(1))
+    many = model.embed_batches(batches, "product")
+    hook.remove()
+    assert len(lookups) == 1
+    sum(m.sum() for m in many).backward()
+    grad_many = emb.weight.grad.clone()
+    model.zero_grad()
+    each = [model.embed(b, "product") for b in batches]
+    sum(e.sum() for e in each).backward()
+    for m, e in zip(many, each):
+        torch.testing.assert_close(m, e, rtol=0, atol=1e-6)
+    assert grad_many.abs().sum() > 0
+    torch.testing.assert_close(grad_many, emb.weight.grad, rtol=0, atol=1e-6)
