@@ -34,6 +34,15 @@ from utils import UserError, barrier, bf16_supported, get_device, is_main_proces
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the probability of every nn.Dropout in `model` to p (HF's BERT attention reads its
+    dropout module's p too); returns how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in layers:
+        m.p = p
+    return len(layers)
+
+
 def make_optimizer(params: list, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
     """AdamW with the fused kernel (one pass over all parameters per step) on CPU and CUDA, where
     PyTorch has it; the plain multi-tensor AdamW elsewhere. Same update rule either way."""
@@ -121,6 +130,9 @@ class Trainer:
             for flag, (given, kept) in ignored_model_flags(a, model.config).items():
                 log.warning("%s %s is ignored at stage %d: the model is rebuilt from %s, which has %s", flag, given,
                             stage, prev.name, kept)
+        if a.dropout is not None:  # a training setting, not the model's: checkpoints keep the encoder's config
+            layers = set_dropout(model, a.dropout)
+            log.info("stage %d: dropout %g in %d dropout layers (--dropout)", stage, a.dropout, layers)
         return model.to(self.device), start_epoch
 
     def data_for(self, stage: int, split: str) -> StageData:

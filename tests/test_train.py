@@ -173,6 +173,7 @@ SMOKE = {  # flag -> check on (metrics, checkpoint dir); every training flag goe
     "logq": (["--logq", "--negatives", "1"], "logq"),
     "symmetric": (["--no-symmetric"], "symmetric"),
     "query-typos": (["--query-typos", "1.0"], "query_typos"),
+    "dropout": (["--dropout", "0"], "dropout"),
     "lexical-distill": (["--lexical-distill", "5", "--negatives", "1"], "lexical_distill"),
     "grad-accum": (["--grad-accum", "2"], "grad_accum"),
     "patience": (["--patience", "1", "--lr", "0", "--epochs", "3"], "patience"),
@@ -198,10 +199,10 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, "--loss", other,
                                     "--negatives", "2")))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0])  # another loss, another value
-    if check in ("logq", "symmetric", "query_typos", "lexical_distill"):  # the first loss differs without the flag
+    if check in ("logq", "symmetric", "query_typos", "lexical_distill", "dropout"):  # the first loss differs without it
         ref = tmp_path / "ref"
         same = [f for f in flags if f not in ("--logq", "--no-symmetric", "--query-typos", "1.0", "--lexical-distill",
-                                              "5")]
+                                              "5", "--dropout", "0")]
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, *same)))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)
     if check == "lexical_distill":  # the KL term is logged and is what made the loss differ
@@ -218,6 +219,21 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         assert cfg["projection_dim"] == 8
         from two_tower_model import TwoTowerModel
         assert TwoTowerModel.from_pretrained(ck / "stage1.pt").encode_queries(["x"]).shape == (1, 8)
+
+
+def test_set_dropout_reaches_every_dropout_layer_and_makes_training_forwards_repeat(tiny_encoder_dir):
+    from two_tower_model import TwoTowerModel
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).train()
+    batch = model.tokenizer(["red cordless drill", "2x4 stud"], padding=True, return_tensors="pt")
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    torch.manual_seed(0)
+    assert not torch.equal(model.query_tower(ids, am), model.query_tower(ids, am))  # the encoder's own 0.1
+    n = TR.set_dropout(model, 0.0)
+    assert n >= 2 * 3 + 1  # embeddings + per layer: attention, attention output, feed-forward output
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert torch.equal(model.query_tower(ids, am), model.query_tower(ids, am))
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--stage", "1", "--dropout", "1"])  # p = 1 would zero every activation
 
 
 def test_every_tensor_a_loss_receives_is_on_the_model_device():
