@@ -99,7 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES)")
     p.add_argument("--dropout", type=float_range(0.0, 1.0, hi_open=True), default=None, metavar="P",
                    help="while training, the probability of every dropout layer of the encoder (hidden and "
-                        "attention); default: the base model's own (0.1 for MiniLM). 0 draws no masks")
+                        "attention); default: the base model's own (0.1 for MiniLM). 0 is not faster on the CPU, where "
+                        "attention then takes a slower kernel (docs/experiments.md)")
     p.add_argument("--query-typos", type=float_range(0.0, 1.0), default=0.0, metavar="P",
                    help="each epoch, give a fraction P of the training queries one realistic typing error "
                         "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")
