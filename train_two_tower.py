@@ -101,6 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="while training, the probability of every dropout layer of the encoder (hidden and "
                         "attention); default: the base model's own (0.1 for MiniLM). 0 is not faster on the CPU, where "
                         "attention then takes a slower kernel (docs/experiments.md)")
+    p.add_argument("--dropout-kernel", choices=["auto", "fast", "torch"], default="auto",
+                   help="how training draws dropout masks: fast = 16-bit lanes of 64-bit random words and an "
+                        "fp32 attention written out (train_ops.py; about 1.1x the steps/s on the CPU), torch = "
+                        "torch's dropout and SDPA; the same expected activations either way; auto = fast on the "
+                        "CPU, torch on a GPU")
     p.add_argument("--query-typos", type=float_range(0.0, 1.0), default=0.0, metavar="P",
                    help="each epoch, give a fraction P of the training queries one realistic typing error "
                         "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")

@@ -23,6 +23,7 @@ from augment import augment_queries
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, length_groups, plan_epoch, stack_batch
+from train_ops import use_fast_dropout
 from train_parts import (SELECT, auto_batch_size, best_of, better, judged_sets, loss_inputs, lr_lambda, selection_rule,
                          shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
@@ -73,6 +74,8 @@ class Trainer:
         # --length-groups auto: on the CPU, whose time grows with every pad token; a GPU runs one
         # padded batch about as fast as several smaller ones
         self.length_groups = args.length_groups == "on" or (args.length_groups == "auto" and self.device.type == "cpu")
+        self.fast_dropout = args.dropout_kernel == "fast" or (args.dropout_kernel == "auto"
+                                                              and self.device.type == "cpu")
         self.loss_fn = L.build_loss(args.loss, args.temperature, args.margin, args.contrastive_weight,
                                     args.symmetric)
         # --lexical-distill: BM25 over the catalog (loaded or built on first use) re-ranks the teacher
@@ -133,6 +136,8 @@ class Trainer:
         if a.dropout is not None:  # a training setting, not the model's: checkpoints keep the encoder's config
             layers = set_dropout(model, a.dropout)
             log.info("stage %d: dropout %g in %d dropout layers (--dropout)", stage, a.dropout, layers)
+        if self.fast_dropout:  # the training stream only: eval forwards and saved checkpoints are unchanged
+            use_fast_dropout(model)
         return model.to(self.device), start_epoch
 
     def data_for(self, stage: int, split: str) -> StageData:

@@ -4,10 +4,11 @@ encode of the base encoder.
 With dropout > 0, PyTorch's CPU `scaled_dot_product_attention` takes its math kernel; with
 dropout 0 (`train_two_tower.py --dropout 0`, and every eval-mode forward) it takes the flash kernel.
 This times one forward + backward over a stage-2-like step's length groups (--groups, batch x
-tokens) with the encoder's own dropout, with every dropout layer at 0 (`trainer.set_dropout`), and
-at 0 with the math kernel forced; then eval-mode forwards (--infer-shapes) with the default kernel
-and with the math one. The training variants take turns for --rounds rounds (a machine whose speed
-drifts would otherwise favour whichever runs last). Random token ids, so only the shapes matter.
+tokens) with the encoder's own dropout (torch's masks and SDPA), with the same dropout through
+train_ops.py (the trainer's CPU default, `--dropout-kernel auto`), with every dropout layer at 0
+(`trainer.set_dropout`), and at 0 with the math kernel forced; then eval-mode forwards
+(--infer-shapes) with the default kernel and with the math one. The training variants take turns
+for --rounds rounds (a machine whose speed drifts would otherwise favour whichever runs last). Random token ids, so only the shapes matter.
 Reads the base model; writes a JSON with milliseconds per step / forward (medians of --steps after
 --warmup, then over the rounds) and the CPU flags.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 from common import ROOT, cpu_flags, write_result  # noqa: E402  (puts the project on sys.path)
 
 from cli import add_version_arg, run_cli  # noqa: E402
+from train_ops import use_fast_dropout  # noqa: E402
 from trainer import set_dropout  # noqa: E402
 from utils import bf16_supported, resolve_model_path  # noqa: E402
 
@@ -88,27 +91,33 @@ def main(args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     groups = [_inputs(b, t, vocab, gen) for b, t in args.groups]
 
-    def train_step():
+    fast = copy.deepcopy(enc)
+    res_fast_layers = use_fast_dropout(fast)  # the trainer's default on the CPU (--dropout-kernel auto)
+
+    def train_step(model):
         total = 0.0
         for ids, mask in groups:
             with cast():
-                total = total + enc(input_ids=ids, attention_mask=mask).last_hidden_state.float().mean()
+                total = total + model(input_ids=ids, attention_mask=mask).last_hidden_state.float().mean()
         total.backward()
 
     own = max((m.p for m in enc.modules() if isinstance(m, torch.nn.Dropout)), default=0.0)
-    enc.train()
+    enc.train(), fast.train()
     res = {"threads": torch.get_num_threads(), "cpu": cpu_flags(), "precision": precision,
            "base_model": args.base_model, "groups": [list(s) for s in args.groups],
            "tokens": sum(b * t for b, t in args.groups), "steps": args.steps, "warmup": args.warmup,
-           "rounds": args.rounds, "own_dropout": own, "eval_forward_ms": []}
-    variants = {"own_dropout": (own, contextlib.nullcontext), "dropout_0": (0.0, contextlib.nullcontext),
-                "dropout_0_math_kernel": (0.0, lambda: sdpa_kernel(SDPBackend.MATH))}
+           "rounds": args.rounds, "own_dropout": own, "fast_dropout_layers": res_fast_layers,
+           "eval_forward_ms": []}
+    none = contextlib.nullcontext
+    variants = {"own_dropout": (enc, own, none), "own_dropout_fast_kernel": (fast, own, none),
+                "dropout_0": (enc, 0.0, none),
+                "dropout_0_math_kernel": (enc, 0.0, lambda: sdpa_kernel(SDPBackend.MATH))}
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):  # the variants take turns, so a drift of the machine hits them alike
-        for name, (p, kernel) in variants.items():
-            res["dropout_layers"] = set_dropout(enc, p)
+        for name, (model, p, kernel) in variants.items():
+            res["dropout_layers"] = set_dropout(model, p)
             with kernel():
-                times[name].append(median_ms(train_step, args.steps, args.warmup if r == 0 else 1))
+                times[name].append(median_ms(lambda: train_step(model), args.steps, args.warmup if r == 0 else 1))
     set_dropout(enc, own)
     res["train_step_ms"] = {v: round(statistics.median(t), 1) for v, t in times.items()}
     res["train_step_ms_per_round"] = times

@@ -5,8 +5,9 @@ size, sequence lengths (queries 32, products 128 tokens) and precision, in one r
 Both train the real all-MiniLM-L6-v2 on the training positives of the `small` sample (long
 product texts) or of --raw-dir (e.g. ../shared/real_homedepot: short titles) with in-batch
 negatives only (ours: the stage-1 default, symmetric in-batch InfoNCE, which costs what MNRL costs
-plus one transposed softmax), once as the workflow runs it and once with --length-groups off (every
-batch side padded to its longest text, as before that option existed). Rates are steady-state: the
+plus one transposed softmax), once as the workflow runs it, once with --length-groups off (every
+batch side padded to its longest text, as before that option existed) and once with
+--dropout-kernel torch (torch's dropout masks and SDPA, as before train_ops.py). Rates are steady-state: the
 first --warmup steps are excluded. The CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
 
 Examples (~6 min on 2 cores each):
@@ -34,13 +35,12 @@ from cli import add_version_arg, run_cli  # noqa: E402
 from utils import bf16_supported, resolve_model_path  # noqa: E402
 
 
-def ours(data: Path, args, length_groups: str = "auto") -> dict:
-    ck = data.parent / f"ck_{length_groups}"
+def ours(data: Path, args, name: str, *flags: str) -> dict:
+    ck = data.parent / f"ck_{name}"
     tt.main(tt.parse_args(["--stage", "1", "--data-dir", str(data), "--checkpoint-dir", str(ck),
                            "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
-                           "--precision", args.precision, "--quiet", "--length-groups", length_groups,
-                           "--negatives", str(args.negatives),
-                           "--val-corpus-size", "10", "--val-batches", "1"]))
+                           "--precision", args.precision, "--quiet", "--negatives", str(args.negatives),
+                           "--val-corpus-size", "10", "--val-batches", "1", *flags]))
     log = [json.loads(x) for x in (ck / "train_log.jsonl").read_text().splitlines()]
     t0 = log[args.warmup - 1]["elapsed_s"]
     t1 = log[-1]["elapsed_s"]
@@ -114,10 +114,12 @@ def main(args) -> dict:
         res["negatives"] = args.negatives
         if not args.negatives:
             res["st_trainer_mnrl"] = st_trainer(data, args)
-        res["train_two_tower"] = ours(data, args)  # as the workflow runs it (--length-groups auto)
-        res["train_two_tower_length_groups_off"] = ours(data, args, "off")
+        res["train_two_tower"] = ours(data, args, "default")  # as the workflow runs it
+        res["train_two_tower_length_groups_off"] = ours(data, args, "groups_off", "--length-groups", "off")
+        res["train_two_tower_dropout_kernel_torch"] = ours(data, args, "torch_dropout", "--dropout-kernel", "torch")
     ours_on, ours_off = res["train_two_tower"]["pairs_per_s"], res["train_two_tower_length_groups_off"]["pairs_per_s"]
     res["length_groups_speedup"] = round(ours_on / ours_off, 2)
+    res["dropout_kernel_speedup"] = round(ours_on / res["train_two_tower_dropout_kernel_torch"]["pairs_per_s"], 2)
     if not args.negatives:
         st = res["st_trainer_mnrl"]["pairs_per_s"]
         res["speedup"] = round(ours_on / st, 2)

@@ -26,7 +26,8 @@ def test_a_tiny_run_times_every_variant_and_zeroes_every_dropout_layer(tmp_path,
     assert json.loads(out.read_text()) == res
     assert res["tokens"] == 4 * 5 + 2 * 9 and res["own_dropout"] == pytest.approx(0.1)
     assert res["dropout_layers"] == 2 * 3 + 1  # the tiny 2-layer BERT: embeddings + 3 per layer
-    assert set(res["train_step_ms"]) == {"own_dropout", "dropout_0", "dropout_0_math_kernel"}
+    assert res["fast_dropout_layers"] == res["dropout_layers"]
+    assert set(res["train_step_ms"]) == {"own_dropout", "own_dropout_fast_kernel", "dropout_0", "dropout_0_math_kernel"}
     assert all(v > 0 for v in res["train_step_ms"].values())
     assert all(len(t) == 2 for t in res["train_step_ms_per_round"].values())
     assert [(r["batch"], r["tokens"]) for r in res["eval_forward_ms"]] == [(3, 4)]

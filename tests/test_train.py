@@ -174,6 +174,7 @@ SMOKE = {  # flag -> check on (metrics, checkpoint dir); every training flag goe
     "symmetric": (["--no-symmetric"], "symmetric"),
     "query-typos": (["--query-typos", "1.0"], "query_typos"),
     "dropout": (["--dropout", "0"], "dropout"),
+    "dropout-kernel": (["--dropout-kernel", "torch"], "dropout_kernel"),
     "lexical-distill": (["--lexical-distill", "5", "--negatives", "1"], "lexical_distill"),
     "grad-accum": (["--grad-accum", "2"], "grad_accum"),
     "patience": (["--patience", "1", "--lr", "0", "--epochs", "3"], "patience"),
@@ -199,10 +200,10 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, "--loss", other,
                                     "--negatives", "2")))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0])  # another loss, another value
-    if check in ("logq", "symmetric", "query_typos", "lexical_distill", "dropout"):  # the first loss differs without it
-        ref = tmp_path / "ref"
+    if check in ("logq", "symmetric", "query_typos", "lexical_distill", "dropout", "dropout_kernel"):
+        ref = tmp_path / "ref"  # the first loss differs without the flag (dropout kernel: other masks)
         same = [f for f in flags if f not in ("--logq", "--no-symmetric", "--query-typos", "1.0", "--lexical-distill",
-                                              "5", "--dropout", "0")]
+                                              "5", "--dropout", "0", "--dropout-kernel", "torch")]
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, *same)))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)
     if check == "lexical_distill":  # the KL term is logged and is what made the loss differ
