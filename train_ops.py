@@ -67,6 +67,9 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     return _Dropout.apply(x, p)
 
 
+_drop = dropout  # `attention` below takes a float argument named dropout, as AttentionInterface passes it
+
+
 class FastDropout(torch.nn.Dropout):
     """nn.Dropout with the mask of `dropout`."""
 
@@ -97,9 +100,6 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
         probs = _drop(scores.softmax(-1), dropout)
         out = torch.matmul(probs, value.float()).to(query.dtype)  # (b, h, q, d)
     return out.transpose(1, 2).contiguous(), None
-
-
-_drop = dropout  # `attention` takes a float argument called dropout, as AttentionInterface passes it
 
 
 def _register() -> None:

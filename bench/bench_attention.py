@@ -8,7 +8,8 @@ tokens) with the encoder's own dropout (torch's masks and SDPA), with the same d
 train_ops.py (the trainer's CPU default, `--dropout-kernel auto`), with every dropout layer at 0
 (`trainer.set_dropout`), and at 0 with the math kernel forced; then eval-mode forwards
 (--infer-shapes) with the default kernel and with the math one. The training variants take turns
-for --rounds rounds (a machine whose speed drifts would otherwise favour whichever runs last). Random token ids, so only the shapes matter.
+for --rounds rounds (a machine whose speed drifts would otherwise favour whichever runs last).
+Random token ids, so only the shapes matter.
 Reads the base model; writes a JSON with milliseconds per step / forward (medians of --steps after
 --warmup, then over the rounds) and the CPU flags.
 

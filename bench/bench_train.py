@@ -7,8 +7,9 @@ product texts) or of --raw-dir (e.g. ../shared/real_homedepot: short titles) wit
 negatives only (ours: the stage-1 default, symmetric in-batch InfoNCE, which costs what MNRL costs
 plus one transposed softmax), once as the workflow runs it, once with --length-groups off (every
 batch side padded to its longest text, as before that option existed) and once with
---dropout-kernel torch (torch's dropout masks and SDPA, as before train_ops.py). Rates are steady-state: the
-first --warmup steps are excluded. The CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
+--dropout-kernel torch (torch's dropout masks and SDPA, as before train_ops.py), one after the
+other (so a drift of the machine's speed lands on whichever runs later). Rates are steady-state:
+the first --warmup steps are excluded. The CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
 
 Examples (~6 min on 2 cores each):
     python bench/bench_train.py --steps 12 --batch-size 32 --out bench/out/train.json
