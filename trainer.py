@@ -30,7 +30,7 @@ from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from cli import args_to_config, progress
 from fileio import atomic_path, load_catalog, load_prepared, write_json
 from paths import best_checkpoint, hard_negatives_path, last_checkpoint, stage_checkpoint
-from utils import UserError, barrier, bf16_supported, get_device, is_main_process, log
+from utils import UserError, barrier, bf16_supported, get_device, is_main_process, log, widen_onednn_cache
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
 
@@ -55,6 +55,8 @@ class Trainer:
         self.args, self.rank, self.world = args, rank, world
         self.device = get_device(args.device if world == 1 or not torch.cuda.is_available()
                                  else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        if self.device.type == "cpu":
+            widen_onednn_cache()  # before the first matmul: length groups meet thousands of shapes
         self.ckdir = args.checkpoint_dir
         d = args.data_dir
         self.products = load_catalog(d)

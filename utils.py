@@ -62,6 +62,18 @@ def bf16_supported(device) -> bool:
     return False
 
 
+ONEDNN_CACHE_CAPACITY = 65536  # oneDNN's default is 1,024 primitives
+
+
+def widen_onednn_cache() -> None:
+    """Let oneDNN keep more compiled kernels. It JIT-compiles a CPU matmul kernel per shape and
+    keeps 1,024; training on length groups meets several thousand shapes, so with the default
+    the cache thrashes and a step grew from 0.47 to 0.59 s over 300 steps on an AMX CPU (0.40 to
+    0.44 s with this; docs/benchmarks.md, "Length groups"). oneDNN reads the variable when it
+    first builds a kernel, so this must run before the first CPU matmul; a value the user set wins."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+
+
 # ---------------------------------------------------------------------------------------------
 # Product text
 # ---------------------------------------------------------------------------------------------

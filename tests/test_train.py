@@ -18,6 +18,7 @@ import train_two_tower as tt
 import trainer as TR
 from conftest import ROOT
 from paths import hard_negatives_path
+import utils
 from utils import UserError
 
 
@@ -686,8 +687,11 @@ def test_length_groups_flag_changes_the_calls_not_the_embeddings(data_dir, tmp_p
     # the trainer's embedding of one batch's three sides, grouped and not, from the same weights
     args = tt.parse_args(_argv(data_dir, tmp_path / "a", tiny_encoder_dir, "--stage", "1"))
     assert args.length_groups == "auto"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     trainer = TR.Trainer(args, 0, 1)
     assert trainer.length_groups is True  # auto on the CPU
+    # ... with a oneDNN kernel cache wide enough for the groups' many shapes
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(utils.ONEDNN_CACHE_CAPACITY)
     rng = np.random.default_rng(0)
     texts = trainer.products["product_text"].tolist()[:40]
     # half the "queries" are whole product texts, so that some have a product text's length

@@ -89,3 +89,13 @@ def test_seed_and_device():
     dev = utils.get_device("cpu")
     assert dev.type == "cpu"
     assert isinstance(utils.bf16_supported(dev), bool)
+
+
+def test_widen_onednn_cache_sets_a_default_and_keeps_the_users(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    utils.widen_onednn_cache()
+    assert utils.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "65536"
+    assert utils.ONEDNN_CACHE_CAPACITY > 1024  # oneDNN's own default, which thrashes on length groups
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "300")
+    utils.widen_onednn_cache()
+    assert utils.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "300"
