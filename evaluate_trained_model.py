@@ -40,7 +40,7 @@ import pandas as pd
 
 from lexical import Bm25Index
 from metrics import DEFAULT_KS, paired_bootstrap_ci
-from retrieval import (HYBRID_DEPTH, Bm25Searcher, DenseSearcher, HybridSearcher, bm25_run, choose_weight,
+from retrieval import (HYBRID_DEPTH, PRIOR_WEIGHT, Bm25Searcher, DenseSearcher, HybridSearcher, bm25_run, choose_weight,
                        dense_run, fused_run, judged_candidates, run_metrics)
 from two_tower_model import TwoTowerModel
 from cli import (NONNEG_INT, POSITIVE_INT, add_common_args, add_comparison_args, args_to_config, float_range,
@@ -191,14 +191,16 @@ def main(args: argparse.Namespace) -> dict:
                          **latency(lex, lat_q, args.top_k)}
         val_lex = bm25_run(bm25, val_queries, args.top_k)
         hybrid = {"method": "convex: w * minmax(dense) + (1 - w) * minmax(bm25); rrf: k = 60",
-                  "depth": args.top_k, "val_queries": len(val_qrels), "weights": {}, "val_grid": {}}
+                  "depth": args.top_k, "val_queries": len(val_qrels), "weights": {}, "val_grid": {},
+                  "val_best": {}, "prior_weight": PRIOR_WEIGHT}
         for name in DENSE:
             if args.hybrid_weight is not None:
                 w = args.hybrid_weight
             else:
                 s = searchers[name]
                 val_dense = dense_run(models[name], s.indices[args.index], s.ids, val_queries, args.top_k)
-                w, hybrid["val_grid"][name] = choose_weight(val_dense, val_lex, val_qrels, rel, ESCI_GAINS)
+                w, hybrid["val_grid"][name], hybrid["val_best"][name] = choose_weight(val_dense, val_lex, val_qrels,
+                                                                                      rel, ESCI_GAINS)
             hybrid["weights"][name] = w
             runs[f"hybrid({name}+bm25)"] = fused_run(runs[name], runs["bm25"], "convex", w, args.top_k)
             runs[f"rrf({name}+bm25)"] = fused_run(runs[name], runs["bm25"], "rrf", k=args.top_k)
@@ -277,10 +279,13 @@ def render_markdown(r: dict) -> str:
     h = r.get("hybrid") or {}
     if h.get("weights"):
         how = (f"chosen on {h['val_queries']} validation queries" if h.get("val_grid") else "given")
+        kept = [f"{k}'s validation best {b['best']:.1f} was not better than {h['weights'][k]:.1f} beyond its CI "
+                f"[{b['ci'][0]:+.4f}, {b['ci'][1]:+.4f}]" for k, b in (h.get("val_best") or {}).items()
+                if "ci" in b and b["best"] != h["weights"][k]]
         rows += ["", f"hybrid = w × min-max(dense) + (1 − w) × min-max(BM25) over each system's top "
                      f"{h['depth']}, dense weight w "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in h["weights"].items()) + f" ({how}); "
-                     "rrf = reciprocal-rank fusion, k = 60."]
+                     + ", ".join(f"{k} {v:.1f}" for k, v in h["weights"].items()) + f" ({how}"
+                     + "".join(f"; {x}" for x in kept) + "); rrf = reciprocal-rank fusion, k = 60."]
     rows += ["", "Paired bootstrap 95% CI of each difference (system − reference):", "",
              "| system − reference | Δ recall@10 [CI] | Δ ndcg@10 [CI] | Δ kdd_task1_ndcg [CI] | "
              "NDCG@10 better/worse/same |", "| --- | ---: | ---: | ---: | ---: |"]

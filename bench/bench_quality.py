@@ -349,7 +349,7 @@ def main(args) -> dict:
                default=None)
     res["hybrid_weights"] = {}
     for name in [n for n in ("trained", best) if n]:
-        w, _ = choose_weight(runs[f"{name}:val"], runs["bm25:val"], val_qrels, ("E",), ESCI_GAINS)
+        w, _, _ = choose_weight(runs[f"{name}:val"], runs["bm25:val"], val_qrels, ("E",), ESCI_GAINS)
         res["hybrid_weights"][name] = w
         runs[f"hybrid({name}+bm25)"] = fused_run(runs[name], runs["bm25"], "convex", w)
         systems[f"hybrid({name}+bm25)"] = score(runs[f"hybrid({name}+bm25)"], qrels, cands, queries)

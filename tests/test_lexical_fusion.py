@@ -153,14 +153,19 @@ def test_fused_runs_and_their_metrics_agree_with_ranx():
 
 def test_choose_weight_and_kdd_of_fused_runs():
     qrels, a, b = _random_runs(1)
-    w, table = R.choose_weight(a, b, qrels)
+    w, table, why = R.choose_weight(a, b, qrels)
     assert w in R.WEIGHT_GRID and len(table) == len(R.WEIGHT_GRID)
     assert R.choose_weight(a, b, {})[0] == 0.5  # no validation queries: the neutral weight
+    # two unrelated random lists: the curve's peak is noise, not better than 0.5 beyond its CI
+    assert why["best"] != 0.5 and why["ci"][0] <= 0 < why["ci"][1] and w == 0.5
+    # the same choice without the CI gate (prior outside the grid) is the smoothed peak
+    assert R.choose_weight(a, b, qrels, prior=0.55)[0] == why["best"]
     # a dense run that ranks every query's E product first wins: the weight goes to the dense side
     for q, j in qrels.items():
         e = next(i for i, lab in j.items() if lab == "E")
         a.ids[q], a.scores[q] = [e] + [x for x in a.ids[q] if x != e][:39], list(np.linspace(1, 0, 40))
-    assert R.choose_weight(a, b, qrels)[0] >= 0.7
+    w, _, why = R.choose_weight(a, b, qrels)
+    assert w >= 0.7 and w == why["best"] and why["ci"][0] > 0  # a real gain over 0.5 is taken
     # KDD re-rank scores of the judged products are fused as the lists are
     a.judged, b.judged = {"q0": np.array([0.9, 0.1, 0.5])}, {"q0": np.array([0.0, 2.0, 1.0])}
     f = R.fused_run(R.Run(ids={"q0": a.ids["q0"]}, scores={"q0": a.scores["q0"]}, judged=a.judged),
