@@ -127,13 +127,13 @@ def choose_weight(dense: Run, lexical: Run, qrels: dict, relevant=("E",), gains=
         m, per = evaluate_run(fused_run(dense, lexical, "convex", w).ids, qrels, relevant, gains, (10,))
         table[f"{w:.2f}"] = [round(m["recall@10"], 4), round(m["ndcg@10"], 4)]
         objective.append(m["recall@10"] + m["ndcg@10"])
-        per_query[round(w, 6)] = np.asarray(per["recall@10"]) + np.asarray(per["ndcg@10"])
+        per_query[f"{w:.2f}"] = np.asarray(per["recall@10"]) + np.asarray(per["ndcg@10"])
     if all(v == 0 for v in objective):
         return prior, table, {}
     best = fusion.smoothed_best(grid, objective)
-    if round(prior, 6) not in per_query or round(best, 6) == round(prior, 6):
+    if f"{prior:.2f}" not in per_query or f"{best:.2f}" == f"{prior:.2f}":  # no gate: prior off the grid, or the peak
         return best, table, {"best": best}
-    lo, hi = paired_bootstrap_ci(per_query[round(prior, 6)], per_query[round(best, 6)])
+    lo, hi = paired_bootstrap_ci(per_query[f"{prior:.2f}"], per_query[f"{best:.2f}"])
     return (best if lo > 0 else prior), table, {"best": best, "ci": [round(lo, 4), round(hi, 4)]}
 
 

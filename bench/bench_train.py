@@ -9,7 +9,8 @@ plus one transposed softmax), once as the workflow runs it, once with --length-g
 batch side padded to its longest text, as before that option existed) and once with
 --dropout-kernel torch (torch's dropout masks and SDPA, as before train_ops.py), one after the
 other (so a drift of the machine's speed lands on whichever runs later). Rates are steady-state:
-the first --warmup steps are excluded. The CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
+the first --warmup steps are excluded. Both trainers run in this one process under oneDNN's
+kernel cache as train_two_tower.py widens it (utils.widen_onednn_cache). The CPU flags are recorded. Needs `pip install -r bench/requirements.txt`.
 
 Examples (~6 min on 2 cores each):
     python bench/bench_train.py --steps 12 --batch-size 32 --out bench/out/train.json
@@ -33,7 +34,7 @@ from common import ROOT, write_result  # noqa: E402  (puts the project on sys.pa
 import prepare_training_data as prep  # noqa: E402
 import train_two_tower as tt  # noqa: E402
 from cli import add_version_arg, run_cli  # noqa: E402
-from utils import bf16_supported, resolve_model_path  # noqa: E402
+from utils import bf16_supported, resolve_model_path, widen_onednn_cache  # noqa: E402
 
 
 def ours(data: Path, args, name: str, *flags: str) -> dict:
@@ -98,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args) -> dict:
+    widen_onednn_cache()  # before either trainer's first matmul: one process, one cache, the same for both
     args.precision = args.precision or ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "data"

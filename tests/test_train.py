@@ -17,8 +17,8 @@ import train_parts as TP
 import train_two_tower as tt
 import trainer as TR
 from conftest import ROOT
-from paths import hard_negatives_path
 import utils
+from paths import hard_negatives_path
 from utils import UserError
 
 
