@@ -3,7 +3,9 @@
 Reads: --checkpoint (default checkpoints/stage1.pt) or --baseline; data/products_clean.parquet,
 data/training_pairs.parquet (the training queries), data/ground_truth.parquet (judged labels).
 Writes: --output (default data/hard_negatives_stage2.parquet) in the training-pair schema with
-neg_type "hard", plus round, score, rank, pos_score; and a stats JSON next to it
+neg_type "hard", plus round, score, rank, pos_score; next to it <output stem>_positive_ranks.parquet
+(every judged E/S/C product of those queries: the model's score and rank in the whole catalog, -1
+beyond --top-k; stage 3 trains only on positives ranked beyond its --focus-rank) and a stats JSON
 (<output stem>_stats.json: queries mined, candidates dropped as judged positives / by margin /
 by range, histogram of negative scores relative to the query's positive score).
 
@@ -32,8 +34,8 @@ from embeddings import build_index, catalog_embeddings, search
 from two_tower_model import add_model_source_args, load_model_from_args
 from cli import (FRACTION, NONNEG_INT, POSITIVE_INT, add_alias, add_common_args, args_to_config, float_range,
                  progress, refuse_overwrite, run_cli)
-from fileio import load_catalog, load_prepared, parquet_writer, require_writable, write_json
-from paths import DEFAULT_CHECKPOINT_DIR, bm25_index_dir, hard_negatives_path, stage_checkpoint
+from fileio import load_catalog, load_prepared, parquet_writer, require_writable, write_json, write_parquet
+from paths import DEFAULT_CHECKPOINT_DIR, bm25_index_dir, hard_negatives_path, positive_ranks_path, stage_checkpoint
 from utils import Timer, is_main_process, log, peak_rss_mb
 
 HARD_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
@@ -101,11 +103,13 @@ def candidate_source(source: str, index, q_emb: np.ndarray, emb: np.ndarray, top
 def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, judged_pos: dict, pos_score: np.ndarray,
          top_k: int, num_negatives: int, skip_top: int, margin: float, batch: int = 1024,
          near_dup: float | None = None, emb: np.ndarray | None = None, pos_rows: dict | None = None,
-         candidates=None):
+         candidates=None, positive_hits: dict | None = None):
     """Per query: the kept (catalog row, score, rank) lists and drop counters. With near_dup, a
     candidate whose embedding (emb) has cosine >= near_dup with one of the query's positive rows
     (pos_rows: query position -> catalog rows) is dropped too. candidates(lo, hi) -> (scores, rows)
-    supplies each query batch's candidates (candidate_source; default: the index's exact top k)."""
+    supplies each query batch's candidates (candidate_source; default: the index's exact top k).
+    positive_hits, when given, receives (query position, catalog row) -> rank (1-based) of every
+    judged positive among the candidates."""
     drops = {"judged_positive": 0, "margin": 0, "range": 0, "near_duplicate": 0, "beyond_num_negatives": 0}
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
     candidates = candidates or candidate_source("dense", index, q_emb, emb, top_k)
@@ -126,6 +130,8 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                     break
                 if cat_ids[r] in pos:
                     drops["judged_positive"] += 1
+                    if positive_hits is not None:
+                        positive_hits[(qi, int(r))] = rank + 1
                 elif rank < skip_top:
                     drops["range"] += 1
                 elif sc > limit:
@@ -139,6 +145,40 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                     n += 1
     return np.asarray(kept_q, dtype=np.int64), np.asarray(kept_r, dtype=np.int64), \
         np.asarray(kept_s, dtype=np.float32), np.asarray(kept_rank, dtype=np.int32), drops
+
+
+def dense_positive_hits(index, q_emb: np.ndarray, judged_pos: dict, query_ids: np.ndarray, cat_ids: np.ndarray,
+                        top_k: int, batch: int = 1024) -> dict:
+    """(query position, catalog row) -> 1-based rank of each judged positive within the model's own
+    top_k (for --mine-from bm25|hybrid, whose candidates are not the model's ranking)."""
+    hits = {}
+    for s in range(0, len(q_emb), batch):
+        _, rows = search(index, q_emb[s:s + batch], top_k)
+        for j, row in enumerate(rows):
+            pos = judged_pos.get(query_ids[s + j], ())
+            for rank, r in enumerate(row):
+                if r >= 0 and cat_ids[r] in pos:
+                    hits[(s + j, int(r))] = rank + 1
+    return hits
+
+
+def positive_rank_table(judged: pd.DataFrame, query_ids: np.ndarray, q_emb: np.ndarray, emb: np.ndarray,
+                        row_of: pd.Series, hits: dict, top_k: int) -> pd.DataFrame:
+    """One row per judged E/S/C positive (in the catalog) of the mined queries: its label, the
+    model's score and its rank in the model's ranking of the whole catalog (1-based; -1 = beyond
+    the mined --top-k, which each row repeats). Stage 3 reads it for --focus-rank (train_data.StageData)."""
+    j = judged[judged["query_id"].isin(query_ids)]
+    rows = row_of.reindex(j["product_id"].to_numpy()).to_numpy()
+    ok = ~np.isnan(rows)
+    j, rows = j[ok], rows[ok].astype(np.int64)
+    qi = pd.Series(np.arange(len(query_ids)), index=query_ids).reindex(j["query_id"].to_numpy()).to_numpy()
+    score = np.einsum("nd,nd->n", q_emb[qi], np.asarray(emb[rows])) if len(rows) else np.zeros(0)
+    rank = np.fromiter((hits.get((int(q), int(r)), -1) for q, r in zip(qi, rows)), dtype=np.int32, count=len(rows))
+    return pd.DataFrame({"query_id": j["query_id"].to_numpy().astype(np.int64),
+                         "product_id": j["product_id"].to_numpy().astype(str),
+                         "esci_label": j["esci_label"].to_numpy().astype(str),
+                         "rank": rank, "score": score.astype(np.float32),
+                         "top_k": np.full(len(rows), top_k, np.int32)})
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -180,9 +220,14 @@ def main(args: argparse.Namespace) -> dict:
             bm25 = Bm25Index.load(args.bm25_index_dir or bm25_index_dir(args.data_dir), products)
         source = candidate_source(args.mine_from, index, q_emb, emb, args.top_k, queries["query"].to_numpy(), bm25)
         pos_rows = {int(k): g.to_numpy() for k, g in pd.Series(es["row"].to_numpy()).groupby(qi)}
+        hits = {} if args.mine_from == "dense" else None  # the dense candidates are the model's ranking
         kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
                                         args.num_negatives, args.skip_top, args.false_negative_margin,
-                                        args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows, source)
+                                        args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows, source,
+                                        positive_hits=hits)
+        if hits is None:
+            hits = dense_positive_hits(index, q_emb, judged_pos, qids, cat_ids, args.top_k, args.query_batch_size)
+        ranks = positive_rank_table(judged, qids, q_emb, emb, row_of, hits, args.top_k)
         labels = gt.set_index(["query_id", "product_id"])["esci_label"]
         key = pd.MultiIndex.from_arrays([qids[kq], cat_ids[kr]])
         esci = labels.reindex(key).to_numpy()
@@ -197,6 +242,8 @@ def main(args: argparse.Namespace) -> dict:
             "pos_score": pos_score[kq]}, schema=HARD_SCHEMA)
         with parquet_writer(out, HARD_SCHEMA) as w:
             w.write_table(table)
+        write_parquet(positive_ranks_path(out), ranks)  # after the negatives: with both, the step is done
+    ranked = ranks["rank"].to_numpy()
     rel = ks / np.where(pos_score[kq] > 0, pos_score[kq], np.nan)
     hist, _ = np.histogram(rel[np.isfinite(rel)], bins=HIST_BINS)
     stats = {"output": str(out), "model": info, "round": rnd, "mine_from": args.mine_from, "queries": len(qids),
@@ -207,6 +254,9 @@ def main(args: argparse.Namespace) -> dict:
                  f"[{a},{b})": int(h) for a, b, h in zip(HIST_BINS[:-1], HIST_BINS[1:], hist)},
              "mean_negative_score": round(float(ks.mean()), 4) if len(ks) else None,
              "mean_positive_score": round(float(np.nanmean(pos_score)), 4) if np.isfinite(pos_score).any() else None,
+             "positive_ranks": {"file": str(positive_ranks_path(out)), "positives": len(ranks),
+                                "top_k": args.top_k, **{f"within_{k}": int(((ranked >= 1) & (ranked <= k)).sum())
+                                                        for k in (1, 10, args.top_k)}},
              "seconds": round(total.seconds, 1), "peak_rss_mb": round(peak_rss_mb()),
              "config": args_to_config(args)}
     write_json(out.with_name(out.stem + "_stats.json"), stats)

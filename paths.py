@@ -34,6 +34,14 @@ def hard_negatives_path(data_dir: str | os.PathLike, stage: int) -> Path:
     return Path(data_dir) / f"hard_negatives_stage{stage}.parquet"
 
 
+def positive_ranks_path(hard_negatives: str | os.PathLike) -> Path:
+    """Where hard_negative_mining.py writes, next to its hard negatives, the rank of every judged
+    positive of the training queries under the mining model (stage 3 trains on the positives that
+    model still ranks beyond --focus-rank)."""
+    p = Path(hard_negatives)
+    return p.with_name(p.stem + "_positive_ranks.parquet")
+
+
 def embedding_cache_dir(data_dir: str | os.PathLike, model_fingerprint: str) -> Path:
     """The one catalog-embedding cache of a model (shared by mining, reindexing and evaluation)."""
     return Path(data_dir) / "embeddings_cache" / model_fingerprint
@@ -67,6 +75,7 @@ def artifact_paths(data_dir: str | os.PathLike, checkpoint_dir: str | os.PathLik
     return {"INDICES": index_dir(data_dir), "INDICES_BASELINE": index_dir(data_dir, baseline=True),
             "INDICES_BM25": bm25_index_dir(data_dir),
             "HN2": hard_negatives_path(data_dir, 2), "HN3": hard_negatives_path(data_dir, 3),
+            "RANKS3": positive_ranks_path(hard_negatives_path(data_dir, 3)),
             "EVAL": eval_dir(data_dir), "STAGE1": stage_checkpoint(checkpoint_dir, 1),
             "STAGE2": stage_checkpoint(checkpoint_dir, 2), "STAGE3": stage_checkpoint(checkpoint_dir, 3),
             "BEST": best_checkpoint(checkpoint_dir), "LAST": last_checkpoint(checkpoint_dir),

@@ -73,7 +73,7 @@ fi
 TRAIN+=("${EXTRA[@]}")
 RAW=${RAW_DIR:-$DATA/raw}
 STATE=$DATA/workflow_state
-# artifact paths come from one place (paths.artifact_paths): INDICES INDICES_BASELINE HN2 HN3 EVAL STAGE1..3 BEST LAST
+# artifact paths come from one place (paths.artifact_paths): INDICES INDICES_BASELINE HN2 HN3 RANKS3 EVAL STAGE1..3 BEST LAST
 eval "$($PY paths.py paths "$DATA" "$CK")"
 
 index_of() { local i; for i in "${!STEPS[@]}"; do [ "${STEPS[$i]}" = "$1" ] && echo "$i"; done; return 0; }
@@ -148,9 +148,10 @@ step stage1 "$STAGE1" "$DATA/training_pairs.parquet" "$DATA/val_pairs.parquet" "
 step mine1 "$HN2" "$STAGE1" -- \
   $PY hard_negative_mining.py --checkpoint "$STAGE1" --data-dir "$DATA" --output "$HN2" "${MINE[@]+"${MINE[@]}"}"
 step stage2 "$STAGE2" "$STAGE1" "$HN2" -- train_stage 2
-step mine2 "$HN3" "$STAGE2" -- \
+# mine2's last output is the positive ranks stage 3 reads (--focus-rank); it is written after $HN3
+step mine2 "$RANKS3" "$STAGE2" -- \
   $PY hard_negative_mining.py --checkpoint "$STAGE2" --data-dir "$DATA" --output "$HN3" "${MINE[@]+"${MINE[@]}"}"
-step stage3 "$STAGE3" "$STAGE2" "$HN3" -- train_stage 3
+step stage3 "$STAGE3" "$STAGE2" "$HN3" "$RANKS3" -- train_stage 3
 # best_model.pt is what gets indexed: the index and the report are checked against it
 step reindex "$INDICES/metadata.json" "$BEST" "$DATA/products_clean.parquet" -- \
   $PY reindex_with_trained_model.py --checkpoint "$BEST" --data-dir "$DATA" --out-dir "$INDICES"

@@ -111,9 +111,12 @@ class StageData:
     """The pairs one stage trains on, indexed by query index and catalog row."""
 
     def __init__(self, data_dir: Path, split: str, stage: int, hard_negative_files: list[Path],
-                 catalog_index: pd.Series, label_weights: dict[str, float] | None = None):
+                 catalog_index: pd.Series, label_weights: dict[str, float] | None = None,
+                 focus: tuple[Path, int] | None = None):
         """label_weights overrides prepare's positive weights per ESCI label; weight 0 drops that
-        label's positives (they stay judged positives: masked, never negatives)."""
+        label's positives (they stay judged positives: masked, never negatives). focus = (ranks
+        file, k): train only on the positives that the mining model ranked beyond k in the whole
+        catalog (hard_negative_mining.py's positive ranks); the others stay judged positives too."""
         name = {"train": "training_pairs", "val": "val_pairs"}[split]
         path = require_file(data_dir / f"{name}.parquet", f"{split} pairs",
                             "run prepare_training_data.py first")
@@ -147,6 +150,9 @@ class StageData:
         pos = pairs[pairs["label"] > 0]
         if pos.empty:
             raise UserError(f"{path}: no positive pairs for stage {stage}")
+        self.focus = None
+        if focus:
+            pos = self._focus(pos, *focus)
         self.pos_q = pos["qidx"].to_numpy()
         self.pos_p = pos["prow"].to_numpy()
         self.pos_w = pos["weight"].to_numpy(np.float32)
@@ -161,6 +167,26 @@ class StageData:
         self.neg_hard = neg["hard"].to_numpy().astype(bool)
         self.counts = {"positives": len(pos), "queries": len(self.query_ids),
                        "negatives": {k: int(v) for k, v in neg["neg_type"].value_counts().items()}}
+
+
+    def _focus(self, pos: pd.DataFrame, ranks_file: Path, k: int) -> pd.DataFrame:
+        """The positives of `pos` that are not ranked 1..k in ranks_file (unranked ones are kept)."""
+        ranks = read_parquet(ranks_file, ["query_id", "product_id", "rank", "top_k"], "re-run hard_negative_mining.py")
+        top_k = int(ranks["top_k"].max()) if len(ranks) else k
+        if k > top_k:
+            raise UserError(f"--focus-rank {k} needs ranks up to {k}, but {ranks_file} was mined with --top-k "
+                            f"{top_k}; mine again with --top-k {k} or more, or lower --focus-rank")
+        near = ranks[(ranks["rank"] >= 1) & (ranks["rank"] <= k)]
+        settled = pd.MultiIndex.from_frame(near[["query_id", "product_id"]].astype({"product_id": str}))
+        key = pd.MultiIndex.from_arrays([pos["query_id"].to_numpy(), pos["product_id"].astype(str).to_numpy()])
+        kept = pos[~key.isin(settled)]
+        if kept.empty:
+            raise UserError(f"--focus-rank {k}: the mining model ranks every training positive within the top {k} "
+                            f"({ranks_file}); lower --focus-rank, or 0 to train on all positives")
+        self.focus = {"rank": k, "file": str(ranks_file), "positives": len(kept), "of": len(pos)}
+        log.info("--focus-rank %d: %s of %s positives, those the mining model ranks beyond %d (%s)", k,
+                 f"{len(kept):,}", f"{len(pos):,}", k, ranks_file.name)
+        return kept
 
 
 def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,

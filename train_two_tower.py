@@ -12,7 +12,8 @@ Stages (CHAPTER2_README "Training Stages"); the workflow runs mining between the
   1: epochs 1-2, E+S positives, in-batch negatives only (symmetric InfoNCE), lr 2e-5
   2: epoch 3, adds one hard negative per positive, mined with the stage-1 model, lr 2e-5
   3: epochs 4-5, adds C positives (weights E 1.0 / S 0.9 / C 0.6) and the hard negatives mined
-     with the stage-2 model, lr / 10
+     with the stage-2 model, lr / 10, on the edge cases only: the positives the stage-2 model
+     ranks beyond 10 in the catalog (--focus-rank; the mining step writes the ranks)
 best_model.pt is the best epoch on validation, so a stage that does not improve it is not kept.
 The defaults (loss, negatives per stage, batch size auto) are measured choices: README, "Quality
 on real judgements". --loss combined --negatives 1 is the plan's original stage-1 recipe.
@@ -47,6 +48,14 @@ from utils import UserError, init_distributed, is_main_process, log, set_seed
 def batch_size_arg(text: str) -> int | str:
     """--batch-size: 'auto' or an integer >= 2."""
     return "auto" if text == "auto" else int_range(2)(text)
+
+
+def focus_rank_arg(text: str) -> int | str:
+    """--focus-rank: 'auto' or an integer >= 0."""
+    return "auto" if text == "auto" else NONNEG_INT(text)
+
+
+FOCUS_RANK_STAGE3 = 10  # --focus-rank auto at stage 3: positives the stage-2 model already has in its top 10 are left out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hard-negatives", choices=["mined", "none"], default="mined",
                    help="stages 2-3: add the mined hard negatives (default) or train on in-batch and judged-I "
                         "negatives only")
+    p.add_argument("--focus-rank", type=focus_rank_arg, default="auto", metavar="K",
+                   help="stages 2-3: train only on the positives that the model which mined the stage's hard "
+                        "negatives ranks beyond K in the whole catalog, the plan's 'refine the model on edge cases' "
+                        "(hard_negative_mining.py writes the ranks); 0 = every positive; auto (default) = "
+                        f"{FOCUS_RANK_STAGE3} at stage 3, 0 at stage 2; stage 1 always trains on every positive")
     p.add_argument("--bucket-batches", type=NONNEG_INT, default=16,
                    help="sort rows by product length within windows of N batches (faster, less padding); "
                         "0 = random batches")
@@ -152,6 +166,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.negatives is None:  # resolved here, so train_config.json records what was used
         args.negatives = 0 if args.stage == 1 and args.loss == "infonce" else 1
+    if args.focus_rank == "auto":
+        args.focus_rank = FOCUS_RANK_STAGE3 if args.stage == 3 and args.hard_negatives == "mined" else 0
+    elif args.focus_rank and args.stage > 1 and args.hard_negatives != "mined":
+        p.error("--focus-rank needs the positive ranks of the mining step: --hard-negatives mined (or --focus-rank 0)")
     if args.loss == "triplet" and args.negatives < 1:
         p.error("--loss triplet needs explicit negatives: --negatives 1 or more")
     return args
@@ -205,6 +223,9 @@ def main(args: argparse.Namespace) -> dict:
     if done_in:
         log.info("stage %d is already complete in %s: nothing to resume, nothing changed (--resume)", stage, done_in)
         return {"stages": [], "skipped": stage}
+    if stage == 1 and args.focus_rank:  # run_workflow.sh passes the same flags to every stage
+        log.info("--focus-rank %d applies from stage 2 (stage 1 has no mining model): stage 1 trains on every "
+                 "positive", args.focus_rank)
     require_tensorboard(args)
     if is_main_process():
         refuse_retraining(args)

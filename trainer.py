@@ -28,8 +28,8 @@ from train_parts import (SELECT, auto_batch_size, best_of, better, judged_sets, 
                          shown_score)
 from two_tower_model import TwoTowerModel, add_model_args, model_overrides
 from cli import args_to_config, progress
-from fileio import atomic_path, load_catalog, load_prepared, write_json
-from paths import best_checkpoint, hard_negatives_path, last_checkpoint, stage_checkpoint
+from fileio import atomic_path, load_catalog, load_prepared, require_file, write_json
+from paths import best_checkpoint, hard_negatives_path, last_checkpoint, positive_ranks_path, stage_checkpoint
 from utils import UserError, barrier, bf16_supported, get_device, is_main_process, log, widen_onednn_cache
 
 STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 2, "lr_scale": 0.1}}
@@ -151,8 +151,14 @@ class Trainer:
                                 f"run hard_negative_mining.py --checkpoint {stage_checkpoint(self.ckdir, stage - 1)} "
                                 f"--output {f} first")
             files = [f]
+        focus = None
+        if split == "train" and files and self.args.focus_rank:
+            ranks = require_file(positive_ranks_path(files[0]), "the positive ranks of the mining step",
+                                 f"re-run hard_negative_mining.py --output {files[0]} (it writes them), or pass "
+                                 f"--focus-rank 0 to train on every positive")
+            focus = (ranks, self.args.focus_rank)
         return StageData(self.args.data_dir, split, stage if split == "train" else 3, files, self.catalog_index,
-                         self.args.label_weights if split == "train" else None)
+                         self.args.label_weights if split == "train" else None, focus)
 
     def _judged_by_qidx(self, data: StageData) -> dict:
         """The judged E/S/C products that rows of each query must not treat as negatives, whatever
@@ -203,7 +209,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         result = {"stage": stage, "epochs": epoch - start_epoch, "steps": pos["step"], "seconds": round(seconds, 1),
                   "pairs_per_s": round(done[0] / max(seconds, 1e-9), 2),
-                  "improved_best": self.best.get("stage") == stage}
+                  "improved_best": self.best.get("stage") == stage, "focus": st["data"].focus}
         if stage > 1 and not result["improved_best"]:
             log.info("stage %d did not improve validation (%s); best_model.pt stays the stage-%s epoch-%s model",
                      stage, self.select, self.best.get("stage"), self.best.get("epoch"))

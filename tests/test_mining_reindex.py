@@ -205,3 +205,37 @@ def test_damaged_cache_is_encoded_again(data_dir, tiny_encoder_dir):
     np.save(path, bad)
     again, _ = E.catalog_embeddings(model, products, data_dir, show_progress=False)
     assert np.isfinite(np.asarray(again)).all()
+
+
+def test_mining_writes_the_model_s_rank_of_every_training_positive(data_dir, tiny_encoder_dir):
+    """<output stem>_positive_ranks.parquet: each judged E/S/C product of the training queries, with
+    the model's score and its rank over the whole catalog (-1 beyond --top-k), the same whether the
+    negatives come from the model's ranking or from BM25's."""
+    rx.main(rx.parse_args(["--bm25", "--data-dir", str(data_dir)]))
+    stats = _mine(data_dir, tiny_encoder_dir, data_dir / "hn.parquet", "--top-k", "20", "--backend", "torch")
+    r = pd.read_parquet(data_dir / "hn_positive_ranks.parquet")
+    products = load_catalog(data_dir)
+    tp = pd.read_parquet(data_dir / "training_pairs.parquet")
+    gt = pd.read_parquet(data_dir / "ground_truth.parquet")
+    want = gt[gt["esci_label"].isin(["E", "S", "C"]) & gt["query_id"].isin(tp["query_id"])
+              & gt["product_id"].isin(products["product_id"])]
+    assert sorted(zip(r["query_id"], r["product_id"])) == sorted(zip(want["query_id"], want["product_id"]))
+    assert (r["top_k"] == 20).all()
+    # the rank by an independent count over the catalog embeddings mining used (ties either way)
+    model = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
+    emb = np.load(next((data_dir / "embeddings_cache").glob("*/embeddings.npy")))
+    queries = tp.drop_duplicates("query_id").set_index("query_id")["query"]
+    s = model.encode_queries(queries.reindex(r["query_id"]).tolist()) @ emb.T  # (positives, catalog)
+    row = pd.Series(np.arange(len(products)), index=products["product_id"].to_numpy())
+    own = s[np.arange(len(r)), row.reindex(r["product_id"]).to_numpy()]
+    assert np.allclose(own, r["score"], atol=1e-4)
+    better, tied = (s > own[:, None] + 1e-5).sum(1) + 1, (s >= own[:, None] - 1e-5).sum(1)
+    ranked = r["rank"].to_numpy() > 0
+    assert ranked.any() and (~ranked).any()
+    assert ((better <= r["rank"]) & (r["rank"] <= tied))[ranked].all()
+    assert (tied[~ranked] > 20).all()
+    assert stats["positive_ranks"]["within_10"] == int(((r["rank"] >= 1) & (r["rank"] <= 10)).sum())
+    _mine(data_dir, tiny_encoder_dir, data_dir / "lex.parquet", "--top-k", "20", "--backend", "torch",
+          "--mine-from", "bm25")
+    lex = pd.read_parquet(data_dir / "lex_positive_ranks.parquet")
+    pd.testing.assert_series_equal(lex["rank"], r["rank"])

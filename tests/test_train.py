@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -743,3 +744,72 @@ def test_embed_batches_looks_words_up_once_and_gives_embed_s_embeddings_and_grad
         torch.testing.assert_close(m, e, rtol=0, atol=1e-6)
     assert grad_many.abs().sum() > 0
     torch.testing.assert_close(grad_many, emb.weight.grad, rtol=0, atol=1e-6)
+
+
+def test_focus_rank_keeps_the_positives_ranked_beyond_k(data_dir):
+    """StageData(focus=(ranks file, k)) drops exactly the positives ranked 1..k (unranked and -1
+    ones stay), and refuses a k beyond the mined --top-k or one that would leave nothing."""
+    from train_data import StageData
+    from fileio import load_catalog
+    cat = load_catalog(data_dir)
+    idx = pd.Series(np.arange(len(cat)), index=cat["product_id"].to_numpy())
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
+    pos = pairs[pairs["label"] > 0].reset_index(drop=True)
+    rank = np.where(np.arange(len(pos)) % 4 == 3, -1, np.arange(len(pos)) % 25 + 1)
+    ranks = pd.DataFrame({"query_id": pos["query_id"], "product_id": pos["product_id"], "esci_label": pos["esci_label"],
+                          "rank": rank.astype(np.int32), "score": 0.0, "top_k": 30}).iloc[:-5]  # 5 unranked
+    f = data_dir / "ranks.parquet"
+    ranks.to_parquet(f)
+    full = StageData(data_dir, "train", 3, [], idx)
+    k10 = StageData(data_dir, "train", 3, [], idx, focus=(f, 10))
+    near = ranks[(ranks["rank"] >= 1) & (ranks["rank"] <= 10)]
+    kept = pos[~pd.MultiIndex.from_frame(pos[["query_id", "product_id"]]).isin(
+        pd.MultiIndex.from_frame(near[["query_id", "product_id"]]))]
+    got = sorted(zip(k10.query_ids[k10.pos_q].tolist(), cat["product_id"].to_numpy()[k10.pos_p].tolist()))
+    assert got == sorted(zip(kept["query_id"].tolist(), kept["product_id"].tolist()))
+    assert 0 < len(k10.pos_q) < len(full.pos_q) and full.focus is None
+    assert k10.focus == {"rank": 10, "file": str(f), "positives": len(kept), "of": len(full.pos_q)}
+    assert (k10.neg_rows == full.neg_rows).all()  # the negatives of every query stay
+    with pytest.raises(UserError, match="--top-k 30"):
+        StageData(data_dir, "train", 3, [], idx, focus=(f, 31))
+    pos.assign(rank=np.int32(1), score=0.0, top_k=30)[list(ranks.columns)].to_parquet(f)
+    with pytest.raises(UserError, match="lower --focus-rank"):
+        StageData(data_dir, "train", 3, [], idx, focus=(f, 2))
+
+
+def test_focus_rank_is_stage_3_s_default_and_needs_mined_ranks(data_dir, tmp_path, tiny_encoder_dir):
+    assert tt.parse_args(["--stage", "3"]).focus_rank == tt.FOCUS_RANK_STAGE3 == 10
+    assert tt.parse_args(["--stage", "1"]).focus_rank == tt.parse_args(["--stage", "2"]).focus_rank == 0
+    assert tt.parse_args(["--stage", "3", "--hard-negatives", "none"]).focus_rank == 0
+    assert tt.parse_args(["--stage", "2", "--focus-rank", "5"]).focus_rank == 5
+    for bad in (["--stage", "3", "--focus-rank", "5", "--hard-negatives", "none"], ["--stage", "3", "--focus-rank", "-1"]):
+        with pytest.raises(SystemExit):
+            tt.parse_args(bad)
+    import hard_negative_mining as hnm
+    ck = tmp_path / "ck"
+    # run_workflow.sh gives every stage the same flags: stage 1, with no mining model, trains on every positive
+    m1 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "1",
+                                     "--focus-rank", "5")))
+    assert m1["stages"][-1]["focus"] is None
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
+    pairs[pairs["label"] == 0].head(20).to_parquet(hard_negatives_path(data_dir, 2))
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1")))
+    hn3 = hard_negatives_path(data_dir, 3)
+    hnm.main(hnm.parse_args(["--checkpoint", str(ck / "stage2.pt"), "--data-dir", str(data_dir), "--output",
+                             str(hn3), "--backend", "torch"]))
+    ranks = pd.read_parquet(hn3.with_name("hard_negatives_stage3_positive_ranks.parquet"))
+    steps = {}
+    for k in ("0", "50"):
+        out = tmp_path / f"ck{k}"
+        shutil.copytree(ck, out)
+        m = tt.main(tt.parse_args(_argv(data_dir, out, tiny_encoder_dir, "--stage", "3", "--epochs", "1",
+                                        "--focus-rank", k)))
+        steps[k] = m["stages"][-1]
+    near = int(((ranks["rank"] >= 1) & (ranks["rank"] <= 50)).sum())
+    assert near > 0 and steps["0"]["focus"] is None
+    assert steps["50"]["focus"]["positives"] == steps["50"]["focus"]["of"] - near
+    assert steps["50"]["steps"] < steps["0"]["steps"]  # fewer positives, fewer batches
+    hn3.with_name("hard_negatives_stage3_positive_ranks.parquet").unlink()
+    with pytest.raises(UserError, match="positive ranks.*--focus-rank 0"):
+        tt.main(tt.parse_args(_argv(data_dir, tmp_path / "ck50", tiny_encoder_dir, "--stage", "3", "--epochs", "1",
+                                    "--overwrite")))
