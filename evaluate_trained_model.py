@@ -279,9 +279,9 @@ def render_markdown(r: dict) -> str:
     h = r.get("hybrid") or {}
     if h.get("weights"):
         how = (f"chosen on {h['val_queries']} validation queries" if h.get("val_grid") else "given")
-        kept = [f"{k}'s validation best {b['best']:.1f} was not better than {h['weights'][k]:.1f} beyond its CI "
-                f"[{b['ci'][0]:+.4f}, {b['ci'][1]:+.4f}]" for k, b in (h.get("val_best") or {}).items()
-                if "ci" in b and b["best"] != h["weights"][k]]
+        kept = [f"{k}'s validation best {b['best']:.1f} was not better than {h['weights'][k]:.1f} out of fold "
+                f"(each half of the queries at the other half's choice: CI [{b['ci'][0]:+.4f}, {b['ci'][1]:+.4f}])"
+                for k, b in (h.get("val_best") or {}).items() if b.get("ci") and b["best"] != h["weights"][k]]
         rows += ["", f"hybrid = w × min-max(dense) + (1 − w) × min-max(BM25) over each system's top "
                      f"{h['depth']}, dense weight w "
                      + ", ".join(f"{k} {v:.1f}" for k, v in h["weights"].items()) + f" ({how}"

@@ -151,13 +151,35 @@ def test_fused_runs_and_their_metrics_agree_with_ranx():
         assert m["mrr"] == pytest.approx(their_m["mrr"], abs=1e-6), method
 
 
+def test_hybrid_weight_is_confirmed_on_queries_that_did_not_choose_it():
+    grid = R.WEIGHT_GRID
+    w = np.array(grid)[:, None]
+    fold = np.array([0] * 60 + [1] * 40)
+    # the first half's queries score 1 only near w = 0.2, the second half's only near w = 0.8, none at 0.5:
+    # the peak of all 100 (0.2) beats 0.5 on the queries that chose it with a CI far above 0 ...
+    obj = np.where(fold == 0, np.abs(w - 0.2) < 0.15, np.abs(w - 0.8) < 0.15).astype(float)
+    prior = grid.index(0.5)
+    lo, _ = R.paired_bootstrap_ci(obj[prior], obj[grid.index(0.2)])
+    assert R.fusion.smoothed_best(grid, obj.mean(1)) == 0.2 and lo > 0.4
+    # ... but each half, scored at the other half's choice, gains nothing: 0.5 stays
+    weight, why = R.gated_weight(grid, obj, fold)
+    assert weight == 0.5 and why["best"] == 0.2 and why["fold_best"] == [0.8, 0.2] and why["ci"] == [0.0, 0.0]
+    # a gain both halves share is taken
+    shared = np.repeat((np.abs(w - 0.8) < 0.15).astype(float), 100, axis=1)
+    weight, why = R.gated_weight(grid, shared, fold)
+    assert weight == 0.8 and why["fold_best"] == [0.8, 0.8] and why["ci"][0] > 0
+    # all queries in one half: nothing to confirm on, 0.5 stays; 0.5 at the peak needs no gate
+    assert R.gated_weight(grid, shared, np.zeros(100, dtype=int))[0] == 0.5
+    assert R.gated_weight(grid, np.repeat((np.abs(w - 0.5) < 0.15).astype(float), 100, axis=1), fold) == (0.5, {"best": 0.5})
+
+
 def test_choose_weight_and_kdd_of_fused_runs():
     qrels, a, b = _random_runs(1)
     w, table, why = R.choose_weight(a, b, qrels)
     assert w in R.WEIGHT_GRID and len(table) == len(R.WEIGHT_GRID)
     assert R.choose_weight(a, b, {})[0] == 0.5  # no validation queries: the neutral weight
     # two unrelated random lists: the curve's peak is noise, not better than 0.5 beyond its CI
-    assert why["best"] != 0.5 and why["ci"][0] <= 0 < why["ci"][1] and w == 0.5
+    assert why["best"] != 0.5 and why["ci"][0] <= 0 and w == 0.5
     # the same choice without the CI gate (prior outside the grid) is the smoothed peak
     assert R.choose_weight(a, b, qrels, prior=0.55)[0] == why["best"]
     # a dense run that ranks every query's E product first wins: the weight goes to the dense side
@@ -166,6 +188,7 @@ def test_choose_weight_and_kdd_of_fused_runs():
         a.ids[q], a.scores[q] = [e] + [x for x in a.ids[q] if x != e][:39], list(np.linspace(1, 0, 40))
     w, _, why = R.choose_weight(a, b, qrels)
     assert w >= 0.7 and w == why["best"] and why["ci"][0] > 0  # a real gain over 0.5 is taken
+    assert len(why["fold_best"]) == 2 and min(why["fold_best"]) >= 0.7  # both halves of the queries agree
     # KDD re-rank scores of the judged products are fused as the lists are
     a.judged, b.judged = {"q0": np.array([0.9, 0.1, 0.5])}, {"q0": np.array([0.0, 2.0, 1.0])}
     f = R.fused_run(R.Run(ids={"q0": a.ids["q0"]}, scores={"q0": a.scores["q0"]}, judged=a.judged),
