@@ -285,44 +285,50 @@ class TwoTowerModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(dev.type, dtype=dtype)
 
+    def padded_batches(self, texts: Sequence[str], side: str, batch_size: int, chunk: int = 32_768):
+        """Yield (rows, input_ids, attention_mask) over `texts` (prompted for `side`): tokenised once
+        per chunk, sorted by length, each batch padded to its longest text only; `rows` index `texts`."""
+        texts = self.prompted(texts, side)
+        tower = self.query_tower if side == "query" else self.product_tower
+        pad_id = self.tokenizer.pad_token_id or 0
+        for c0 in range(0, len(texts), chunk):
+            ids = self.tokenizer(texts[c0:c0 + chunk], truncation=True, max_length=tower.max_len,
+                                 add_special_tokens=True)["input_ids"]
+            lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+            order = np.argsort(-lens, kind="stable")
+            for b0 in range(0, len(order), batch_size):
+                idx = order[b0:b0 + batch_size]
+                width = int(lens[idx[0]])
+                arr = np.full((len(idx), width), pad_id, dtype=np.int64)
+                att = np.zeros((len(idx), width), dtype=np.int64)
+                for r, i in enumerate(idx):
+                    arr[r, :lens[i]] = ids[i]
+                    att[r, :lens[i]] = 1
+                yield c0 + idx, arr, att
+
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str], side: str, batch_size: int, show_progress: bool,
                 chunk: int = 32_768, run=None) -> np.ndarray:
-        """Tokenise once per chunk, sort by length, pad each batch to its longest text only.
-        `run(input_ids, attention_mask) -> (b, d) array` replaces the torch tower (backends.py)."""
-        texts = self.prompted(texts, side)
+        """Embeddings (n, d) of `texts` over `padded_batches`. `run(input_ids, attention_mask) -> (b, d)
+        array` replaces the torch tower (backends.py)."""
         out = np.empty((len(texts), self.config.embedding_dim), dtype=np.float32)
-        if not texts:
+        if not len(texts):
             return out
         was_training = self.training
         self.eval()
         tower = self.query_tower if side == "query" else self.product_tower
-        max_len = tower.max_len
         dev = self.device
-        pad_id = self.tokenizer.pad_token_id or 0
         bar = progress(total=len(texts), desc=f"encode {side}s", unit=side[0], disable=not show_progress,
                        mininterval=2)
         try:
-            for c0 in range(0, len(texts), chunk):
-                ids = self.tokenizer(texts[c0:c0 + chunk], truncation=True, max_length=max_len,
-                                     add_special_tokens=True)["input_ids"]
-                lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-                order = np.argsort(-lens, kind="stable")
-                for b0 in range(0, len(order), batch_size):
-                    idx = order[b0:b0 + batch_size]
-                    width = int(lens[idx[0]])
-                    arr = np.full((len(idx), width), pad_id, dtype=np.int64)
-                    att = np.zeros((len(idx), width), dtype=np.int64)
-                    for r, i in enumerate(idx):
-                        arr[r, :lens[i]] = ids[i]
-                        att[r, :lens[i]] = 1
-                    if run is not None:
-                        out[c0 + idx] = run(arr, att)
-                    else:
-                        with self._autocast():
-                            emb = tower(torch.from_numpy(arr).to(dev), torch.from_numpy(att).to(dev))
-                        out[c0 + idx] = emb.float().cpu().numpy()
-                    bar.update(len(idx))
+            for rows, arr, att in self.padded_batches(texts, side, batch_size, chunk):
+                if run is not None:
+                    out[rows] = run(arr, att)
+                else:
+                    with self._autocast():
+                        emb = tower(torch.from_numpy(arr).to(dev), torch.from_numpy(att).to(dev))
+                    out[rows] = emb.float().cpu().numpy()
+                bar.update(len(rows))
         finally:
             bar.close()
             self.train(was_training)
