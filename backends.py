@@ -94,14 +94,18 @@ class OpenVINOTower:
     def encode(self, texts, batch_size: int = 64) -> np.ndarray:
         texts = list(texts)
         out = np.empty((len(texts), self.model.config.embedding_dim), dtype=np.float32)
+        filled = [0]
 
         def done(request, rows):  # runs on OpenVINO's thread when a batch finishes
             out[rows] = request.get_output_tensor(0).data
+            filled[0] += len(rows)
 
         self._queue.set_callback(done)
         for rows, ids, att in self.model.padded_batches(texts, "product", batch_size):
             self._queue.start_async({0: ids, 1: att}, userdata=rows)  # inputs are copied: ids may go
         self._queue.wait_all()
+        if filled[0] != len(texts):  # an error inside the callback is not raised here: never return np.empty's bytes
+            raise RuntimeError(f"OpenVINO returned {filled[0]} of {len(texts)} product embeddings")
         return out
 
 

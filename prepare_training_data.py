@@ -27,7 +27,6 @@ Example (CPU, seconds):
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from cli import (FRACTION, NONNEG_INT, SAMPLE_SEED, add_common_args, args_to_con
                  progress, refuse_overwrite, run_cli)
 from fileio import parquet_writer, require_file, require_writable, write_json, write_parquet
 from paths import ESCI_LABELS, ESCI_URL, EXAMPLES_FILE, POSITIVE_STAGE, POSITIVE_WEIGHTS, PRODUCTS_FILE
-from utils import Timer, UserError, build_product_text, log, peak_rss_mb
+from utils import Timer, UserError, build_product_text, log, peak_rss_mb, query_hash_unit
 
 PAIR_SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("product_id", pa.string()),
                          ("product_text", pa.string()), ("label", pa.float32()), ("weight", pa.float32()),
@@ -142,16 +141,6 @@ def _check_fraction(n_bad: int, n: int, limit: float, what: str, hint: str) -> N
 # ---------------------------------------------------------------------------------------------
 # Splits and pairs
 # ---------------------------------------------------------------------------------------------
-def query_hash_unit(query_ids) -> np.ndarray:
-    """A stable number in [0, 1) per query id (blake2b of its text form): the same on every machine,
-    Python version and run, and independent of which other queries are present."""
-    out = np.empty(len(query_ids), dtype=np.float64)
-    for i, q in enumerate(query_ids):
-        h = hashlib.blake2b(str(q).encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(h, "big") / 2.0**64
-    return out
-
-
 def resplit_by_hash(examples: pd.DataFrame, test_fraction: float) -> pd.Series:
     """train / test per example from a hash of its query id: query q is test when hash(q) < fraction."""
     qids = examples["query_id"].unique()

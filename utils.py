@@ -1,11 +1,13 @@
 """What several stages share besides paths (paths.py), files (fileio.py) and the CLI (cli.py): the
 error type for bad input, the logger, seeding and device choice, product-text building, base-model
-resolution, timing, and the torchrun helpers.
+resolution, timing, the torchrun helpers, and the stable query-id hash (splits, halves).
 
 Nothing here runs at import time, and torch is imported lazily so that data-only stages
 (`prepare_training_data.py`, `sample_catalog.py`) start fast.
 """
 from __future__ import annotations
+
+import hashlib
 
 import html
 import logging
@@ -207,3 +209,13 @@ def barrier() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def query_hash_unit(query_ids) -> np.ndarray:
+    """A stable number in [0, 1) per query id (blake2b of its text form): the same on every machine,
+    Python version and run, and independent of which other queries are present."""
+    out = np.empty(len(query_ids), dtype=np.float64)
+    for i, q in enumerate(query_ids):
+        h = hashlib.blake2b(str(q).encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "big") / 2.0**64
+    return out
