@@ -4,7 +4,8 @@
 #
 #   stage 1: train stage 1 alone with FLAGS; score its epoch 2
 #   stage 2: mine from the run's stage1.pt with MINE_FLAGS, train stage 2 with FLAGS; score epoch 3
-#   stage 3: from the run's stage-2 model, train stage 3 with FLAGS; score epochs 4 and 5 (those it wrote)
+#   stage 3: from the run's stage-2 model, train stage 3 with FLAGS; score epochs 4 and 5 (those it wrote:
+#            5 only with --epochs 2)
 #
 # Usage: bash bench/screen_stage.sh WORK_DIR STAGE NAME "MINE_FLAGS" [TRAIN_FLAGS...]
 # Example (the docs/experiments.md 0.7.0 table; WORK_DIR made by
@@ -75,7 +76,7 @@ case $STAGE in
     cp "$CK/epoch_3.pt" "$CK/best_model.pt"
     keep_stages 2
     "$PY" train_two_tower.py --stage 3 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    for e in 4 5; do  # epoch 5 only where stage 3 ran its two epochs (not with --epochs 1)
+    for e in 4 5; do  # epoch 5 only where stage 3 ran two epochs (--epochs 2)
       if [[ -f $CK/epoch_$e.pt ]]; then score "$CK/epoch_$e.pt" "${SET}_s3_${NAME}_e$e"; fi
     done ;;
   *) echo "STAGE must be 1, 2 or 3" >&2; exit 2 ;;
