@@ -98,6 +98,36 @@ def trec_qrels_lines(qrels: dict) -> list[str]:
     return [f"{q} 0 {pid} {TREC_GRADE[lab]}" for q, j in qrels.items() for pid, lab in j.items()]
 
 
+def read_trec_run(path: Path) -> dict[str, list[str]]:
+    """A run file as trec_run_lines writes it -> {query: item ids by rank} (ids as text)."""
+    ranked: dict[str, list[tuple[int, str]]] = {}
+    for n, line in enumerate(_report_lines(path), 1):
+        parts = line.split()
+        if len(parts) != 6 or not parts[3].isdigit():
+            raise UserError(f"{path}:{n}: not a TREC run line (query Q0 item rank score tag): {line[:80]!r}")
+        ranked.setdefault(parts[0], []).append((int(parts[3]), parts[2]))
+    return {q: [item for _, item in sorted(v)] for q, v in ranked.items()}
+
+
+def read_trec_qrels(path: Path) -> dict[str, dict[str, str]]:
+    """qrels.txt as trec_qrels_lines writes it -> {query: {item: ESCI label}} (ids as text)."""
+    label_of = {g: lab for lab, g in TREC_GRADE.items()}
+    qrels: dict[str, dict[str, str]] = {}
+    for n, line in enumerate(_report_lines(path), 1):
+        parts = line.split()
+        if len(parts) != 4 or parts[3] not in {str(g) for g in label_of}:
+            raise UserError(f"{path}:{n}: not a qrels line (query 0 item grade 0-3): {line[:80]!r}")
+        qrels.setdefault(parts[0], {})[parts[2]] = label_of[int(parts[3])]
+    return qrels
+
+
+def _report_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: pass an evaluation directory of evaluate_trained_model.py "
+                        "(its --out-dir, by default DATA_DIR/eval)")
+    return [x for x in path.read_text().splitlines() if x.strip()]
+
+
 def compare(per: dict, a: str, b: str, n_boot: int, seed: int) -> dict:
     """b - a on the CI metrics (mean gain, paired-bootstrap 95% CI) and NDCG@10 wins/losses."""
     out = {}

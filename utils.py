@@ -8,7 +8,6 @@ Nothing here runs at import time, and torch is imported lazily so that data-only
 from __future__ import annotations
 
 import hashlib
-
 import html
 import logging
 import os

@@ -2,9 +2,10 @@
 
 Two runs of the workflow that differ in one thing (a flag, a default, a commit) each leave an
 evaluation directory (evaluate_trained_model.py's --out-dir, by default DATA_DIR/eval) with TREC
-run files and the qrels they were scored on. This reads the same system's run file from both,
-scores it with the project's metric code (metrics.evaluate_run: relevant = E by default, ESCI
-gains for NDCG) and prints each side's means and the paired-bootstrap 95% CI of B - A, the way
+run files and the qrels they were scored on. This reads the same system's run file from both with
+the report's own readers (evaluate_trained_model.read_trec_run / read_trec_qrels), scores it with
+the project's metric code (metrics.evaluate_run: relevant = E by default, ESCI gains for NDCG) and
+prints each side's means and the paired-bootstrap 95% CI of B - A, the way
 the closing notes and docs/experiments.md report a change. Both directories must hold the same
 qrels (the same test queries and judgements), or the comparison would not be paired.
 
@@ -19,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from common import ROOT  # noqa: F401,E402  (puts the project on sys.path)
 
 from cli import add_version_arg, run_cli  # noqa: E402
-from evaluate_trained_model import TREC_GRADE, run_file  # noqa: E402
+from evaluate_trained_model import read_trec_qrels, read_trec_run, run_file  # noqa: E402
 from metrics import evaluate_run, paired_bootstrap_ci  # noqa: E402
 from paths import ESCI_GAINS  # noqa: E402
 from utils import UserError  # noqa: E402
 
 METRICS = ("recall@10", "ndcg@10", "mrr")
-LABEL_OF_GRADE = {g: lab for lab, g in TREC_GRADE.items()}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,35 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_run(path: Path) -> dict[str, list[str]]:
-    """TREC run file -> {query: item ids by rank}."""
-    ranked: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for n, line in enumerate(_lines(path), 1):
-        parts = line.split()
-        if len(parts) != 6 or not parts[3].isdigit():
-            raise UserError(f"{path}:{n}: not a TREC run line (query Q0 item rank score tag): {line[:80]!r}")
-        ranked[parts[0]].append((int(parts[3]), parts[2]))
-    return {q: [item for _, item in sorted(v)] for q, v in ranked.items()}
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, str]]:
-    """TREC qrels as evaluate_trained_model.py writes them (E 3, S 2, C 1, I 0) -> {query: {item: label}}."""
-    qrels: dict[str, dict[str, str]] = defaultdict(dict)
-    for n, line in enumerate(_lines(path), 1):
-        parts = line.split()
-        if len(parts) != 4 or not parts[3].lstrip("-").isdigit() or int(parts[3]) not in LABEL_OF_GRADE:
-            raise UserError(f"{path}:{n}: not a qrels line (query 0 item grade 0-3): {line[:80]!r}")
-        qrels[parts[0]][parts[2]] = LABEL_OF_GRADE[int(parts[3])]
-    return dict(qrels)
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: pass evaluation directories of evaluate_trained_model.py "
-                        "(its --out-dir, by default DATA_DIR/eval)")
-    return [x for x in path.read_text().splitlines() if x.strip()]
-
-
 def compare(run_a: dict, run_b: dict, qrels: dict, relevant=("E",), n_boot: int = 2000) -> dict:
     """Means of A and B over the queries with a relevant item, and B - A with its paired 95% CI."""
     ma, pa = evaluate_run(run_a, qrels, relevant, ESCI_GAINS)
@@ -89,11 +59,11 @@ def compare(run_a: dict, run_b: dict, qrels: dict, relevant=("E",), n_boot: int 
 
 def main(args: argparse.Namespace) -> dict:
     name = run_file(args.system)
-    qa, qb = read_qrels(args.a / "qrels.txt"), read_qrels(args.b / "qrels.txt")
+    qa, qb = read_trec_qrels(args.a / "qrels.txt"), read_trec_qrels(args.b / "qrels.txt")
     if qa != qb:
         raise UserError(f"{args.a / 'qrels.txt'} and {args.b / 'qrels.txt'} differ: the two runs were not scored "
                         "on the same test queries, so they cannot be compared query by query")
-    res = compare(read_run(args.a / name), read_run(args.b / name), qa, tuple(args.relevant), args.bootstrap)
+    res = compare(read_trec_run(args.a / name), read_trec_run(args.b / name), qa, tuple(args.relevant), args.bootstrap)
     res.update(system=args.system, a=str(args.a), b=str(args.b), a_metrics=res.pop("a"), b_metrics=res.pop("b"))
     print(f"{args.system} on {res['queries']} queries with a relevant item (relevant = {args.relevant})")
     print("| metric | A | B | B − A [95% CI] |\n| --- | ---: | ---: | ---: |")

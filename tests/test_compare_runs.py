@@ -66,3 +66,14 @@ def test_cli_names_a_missing_directory_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_runs.py"), str(tmp_path / "nope"), str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "nope/qrels.txt does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_report_readers_invert_its_writers(tmp_path):
+    import evaluate_trained_model as ev
+    run = {"q1": ["p2", "p1"], "q2": ["p9"]}
+    scores = {"q1": [0.9, 0.5], "q2": [0.1]}
+    qrels = {"q1": {"p1": "E", "p2": "S"}, "q2": {"p9": "C", "p8": "I"}}
+    (tmp_path / "a.run").write_text("\n".join(ev.trec_run_lines(run, scores, "a")[::-1]) + "\n")  # lines out of order
+    (tmp_path / "qrels.txt").write_text("\n".join(ev.trec_qrels_lines(qrels)) + "\n")
+    assert ev.read_trec_run(tmp_path / "a.run") == run
+    assert ev.read_trec_qrels(tmp_path / "qrels.txt") == qrels
