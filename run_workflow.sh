@@ -59,7 +59,7 @@ for opt in FROM ONLY TO; do
 done
 case "$SIZE" in tiny|small|full) ;; *) echo "run_workflow.sh: --size '$SIZE' is not tiny, small or full" >&2; exit 2 ;; esac
 
-# Training budget. The sample schedules keep the stages and epochs (2 + 1 + 1) but train
+# Training budget. The sample schedules keep the stages and epochs (1 + 1 + 1) but train
 # each epoch on a fresh subset of positives, so the sample run fits ~15 min on 2 CPU cores. The
 # batch size is train_two_tower.py's auto: 64 on ESCI-size data, 32 on the sample's 1,024 positives
 # an epoch, 16 on a few hundred (a small extract or --fast).

@@ -9,9 +9,11 @@ progress.json mirror, train_log.jsonl (one line per step), train_metrics.json, t
 
 Stages (CHAPTER2_README "Training Stages"); the workflow runs mining between them
 (run_workflow.sh: stage 1 -> mine -> stage 2 -> mine -> stage 3):
-  1: epochs 1-2, E+S positives, in-batch negatives only (symmetric InfoNCE), lr 2e-5
-  2: epoch 3, adds one hard negative per positive, mined with the stage-1 model, lr 2e-5
-  3: epoch 4, adds C positives (weights E 1.0 / S 0.9 / C 0.6) and the hard negatives mined
+  1: epoch 1, E+S positives, in-batch negatives only (symmetric InfoNCE), lr 2e-5. One pass:
+     the plan's second (--epochs 2) costs 15% of a Home Depot workflow and changed no data set's
+     quality beyond its noise (docs/experiments.md)
+  2: epoch 2, adds one hard negative per positive, mined with the stage-1 model, lr 2e-5
+  3: epoch 3, adds C positives (weights E 1.0 / S 0.9 / C 0.6) and the hard negatives mined
      with the stage-2 model, lr / 10, on the edge cases only: the positives the stage-2 model
      ranks beyond 10 in the catalog (--focus-rank; the mining step writes the ranks). One pass:
      a second (the plan's epoch 5, --epochs 2) changed no data set's quality (docs/experiments.md)
@@ -69,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "gives an epoch at least 32 optimiser steps: 64 on ESCI-size data, 16 on a few hundred "
                         "positives, where more, smaller steps train better (README, 'Quality on real judgements')")
     p.add_argument("--lr", type=NONNEG_FLOAT, default=2e-5, help="stage 1-2 learning rate (stage 3 uses lr/10)")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="the stage's epoch count (default: 2, 1 and 1 at stages 1, 2 and 3)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="the stage's epoch count (default: 1 at each stage)")
     p.add_argument("--max-steps", type=POSITIVE_INT, default=None, help="stop each stage after this many steps")
     p.add_argument("--epoch-pairs", type=POSITIVE_INT, default=None,
                    help="train each epoch on a fresh random subset of this many positives (budgeted runs)")

@@ -32,7 +32,7 @@ from fileio import atomic_path, load_catalog, load_prepared, require_file, write
 from paths import best_checkpoint, hard_negatives_path, last_checkpoint, positive_ranks_path, stage_checkpoint
 from utils import UserError, barrier, bf16_supported, get_device, is_main_process, log, widen_onednn_cache
 
-STAGES = {1: {"epochs": 2, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 1, "lr_scale": 0.1}}
+STAGES = {1: {"epochs": 1, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 1, "lr_scale": 0.1}}
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> int:

@@ -2,10 +2,11 @@
 # One-lever screen of a single training stage, starting from the checkpoints of a finished workflow
 # run of bench/bench_quality.py (its work dir holds data/ and ck/), scored by bench_quality.py.
 #
-#   stage 1: train stage 1 alone with FLAGS; score its epoch 2
-#   stage 2: mine from the run's stage1.pt with MINE_FLAGS, train stage 2 with FLAGS; score epoch 3
-#   stage 3: from the run's stage-2 model, train stage 3 with FLAGS; score epochs 4 and 5 (those it wrote:
-#            5 only with --epochs 2)
+#   stage 1: train stage 1 alone with FLAGS
+#   stage 2: mine from the run's stage1.pt with MINE_FLAGS, train stage 2 with FLAGS
+#   stage 3: from the run's stage-2 model (and its mined stage-3 files), train stage 3 with FLAGS
+# and score every epoch the screened stage wrote (one by default; two with --epochs 2): its last as
+# <NAME>, an earlier one as <NAME>_e<EPOCH>.
 #
 # Usage: bash bench/screen_stage.sh WORK_DIR STAGE NAME "MINE_FLAGS" [TRAIN_FLAGS...]
 # Example (the docs/experiments.md 0.7.0 table; WORK_DIR made by
@@ -13,7 +14,7 @@
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 1 typos02 "" --query-typos 0.2
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 2 skip10 "--skip-top 10"
 #   bash bench/screen_stage.sh bench/out/quality_work/hd_v060 3 c0 "" --label-weights C=0
-# Writes bench/out/quality_<SET>_s<STAGE>_<NAME>[_e<E>].json/.md and the stage's train_metrics.json
+# Writes bench/out/quality_<SET>_s<STAGE>_<NAME>[_e<EPOCH>].json/.md and the stage's train_metrics.json
 # (bench/out/quality_<SET>_s<STAGE>_<NAME>_train_metrics.json; SET is hd, or see RAW_DIR below);
 # scratch under ${TMPDIR:-/tmp}.
 # PEERS="plain,cached" (default plain) names the peer models the score compares with; PEERS="" for a
@@ -36,9 +37,11 @@ rm -rf "$SCRATCH"
 mkdir -p "$SCRATCH/ck"
 CK=$SCRATCH/ck DATA=$W/data
 
-# progress.json of the run truncated to the stages before STAGE, so train_two_tower.py starts STAGE
+# progress.json of the run truncated to the stages before STAGE, so train_two_tower.py starts STAGE;
+# copies the run's checkpoints of those stages (stageK.pt, their epoch_N.pt, best_model.pt = their best)
 keep_stages() {
-  "$PY" - "$W/ck/progress.json" "$CK/progress.json" "$1" <<'PY'
+  local kept
+  kept=$("$PY" - "$W/ck/progress.json" "$CK/progress.json" "$1" <<'PY'
 import json, sys
 src, dst, upto = sys.argv[1], sys.argv[2], int(sys.argv[3])
 p = json.load(open(src))
@@ -49,7 +52,13 @@ json.dump({"stage": upto, "epoch": max(h["epoch"] for h in hist) + 1, "batch": 0
            "best": {"recall@10": best["recall@10"], "ndcg@10": best["ndcg@10"], "val_loss": best["val_loss"],
                     "score": -best["val_loss"], "select": "val_loss", "epoch": best["epoch"],
                     "stage": best["stage"]}}, open(dst, "w"))
+print(best["epoch"], *[h["epoch"] for h in hist])
 PY
+  )
+  local best=${kept%% *} e k
+  for e in ${kept#* }; do cp "$W/ck/epoch_$e.pt" "$CK/"; done
+  for ((k = 1; k <= $1; k++)); do cp "$W/ck/stage$k.pt" "$CK/"; done
+  cp "$CK/epoch_$best.pt" "$CK/best_model.pt"
 }
 
 score() {  # checkpoint, tag
@@ -58,28 +67,22 @@ score() {  # checkpoint, tag
 }
 
 case $STAGE in
-  1)
-    "$PY" train_two_tower.py --stage 1 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    score "$CK/epoch_2.pt" "${SET}_s1_$NAME" ;;
+  1) ;;
   2)
     DATA=$SCRATCH/data
     cp -r "$W/data" "$DATA"
     rm -rf "$DATA/eval" "$DATA/indices" "$DATA/workflow_state" "$DATA"/hard_negatives_stage3*
-    cp "$W"/ck/{stage1,epoch_1,epoch_2,best_model}.pt "$CK/"
     keep_stages 1
     "$PY" hard_negative_mining.py --checkpoint "$CK/stage1.pt" --data-dir "$DATA" \
-      --output "$DATA/hard_negatives_stage2.parquet" --overwrite --quiet $MINE_FLAGS
-    "$PY" train_two_tower.py --stage 2 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    score "$CK/epoch_3.pt" "${SET}_s2_$NAME" ;;
-  3)
-    cp "$W"/ck/{stage1,stage2,epoch_1,epoch_2,epoch_3}.pt "$CK/"
-    cp "$CK/epoch_3.pt" "$CK/best_model.pt"
-    keep_stages 2
-    "$PY" train_two_tower.py --stage 3 --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
-    for e in 4 5; do  # epoch 5 only where stage 3 ran two epochs (--epochs 2)
-      if [[ -f $CK/epoch_$e.pt ]]; then score "$CK/epoch_$e.pt" "${SET}_s3_${NAME}_e$e"; fi
-    done ;;
+      --output "$DATA/hard_negatives_stage2.parquet" --overwrite --quiet $MINE_FLAGS ;;
+  3) keep_stages 2 ;;
   *) echo "STAGE must be 1, 2 or 3" >&2; exit 2 ;;
 esac
+BEFORE=$(ls "$CK" | grep -c '^epoch_[0-9]*\.pt$' || true)
+"$PY" train_two_tower.py --stage "$STAGE" --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
+LAST=$(ls "$CK" | sed -n 's/^epoch_\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
+for ((e = BEFORE + 1; e <= LAST; e++)); do  # the epochs this stage wrote; its last one untagged
+  if ((e == LAST)); then score "$CK/epoch_$e.pt" "${SET}_s${STAGE}_$NAME"; else score "$CK/epoch_$e.pt" "${SET}_s${STAGE}_${NAME}_e$e"; fi
+done
 cp "$CK/train_metrics.json" "bench/out/quality_${SET}_s${STAGE}_${NAME}_train_metrics.json"  # times, val record
 rm -rf "$SCRATCH"

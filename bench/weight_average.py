@@ -14,7 +14,7 @@ Measured on Home Depot (docs/experiments.md): none of these moves Recall@10 outs
 so the suite does not average.
 
 Example (seconds on the CPU):
-    python bench/weight_average.py --checkpoints checkpoints/epoch_3.pt checkpoints/epoch_4.pt --output /tmp/soup.pt
+    python bench/weight_average.py --checkpoints checkpoints/epoch_2.pt checkpoints/epoch_3.pt --output /tmp/soup.pt
 """
 from __future__ import annotations
 

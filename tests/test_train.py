@@ -358,7 +358,8 @@ def test_min_val_queries_decides_whether_the_val_loss_picks_best_model(data_dir,
     monkeypatch.setattr(tt.Trainer, "validate", validate)
     ck = tmp_path / "ck"
     extra = [] if min_val is None else ["--min-val-queries", min_val]
-    m = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--epoch-pairs", "16", *extra)))
+    m = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--epochs", "2", "--epoch-pairs", "16",
+                                    *extra)))
     n_val = m["selection"]["val_queries"]
     assert 1 <= n_val < 50
     assert m["best"]["epoch"] == best_epoch and m["selection"]["select"] == rule
