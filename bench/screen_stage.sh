@@ -56,6 +56,7 @@ print(best["epoch"], *[h["epoch"] for h in hist])
 PY
   )
   local best=${kept%% *} e k
+  KEPT=${kept##* }  # the last epoch of the kept stages: the screened stage writes the ones after it
   for e in ${kept#* }; do cp "$W/ck/epoch_$e.pt" "$CK/"; done
   for ((k = 1; k <= $1; k++)); do cp "$W/ck/stage$k.pt" "$CK/"; done
   cp "$CK/epoch_$best.pt" "$CK/best_model.pt"
@@ -66,6 +67,7 @@ score() {  # checkpoint, tag
     --checkpoint "$1" --tag "$2" --peers "${PEERS-plain}"
 }
 
+KEPT=0
 case $STAGE in
   1) ;;
   2)
@@ -78,11 +80,12 @@ case $STAGE in
   3) keep_stages 2 ;;
   *) echo "STAGE must be 1, 2 or 3" >&2; exit 2 ;;
 esac
-BEFORE=$(ls "$CK" | grep -c '^epoch_[0-9]*\.pt$' || true)
 "$PY" train_two_tower.py --stage "$STAGE" --data-dir "$DATA" --checkpoint-dir "$CK" --quiet "$@"
 LAST=$(ls "$CK" | sed -n 's/^epoch_\([0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
-for ((e = BEFORE + 1; e <= LAST; e++)); do  # the epochs this stage wrote; its last one untagged
-  if ((e == LAST)); then score "$CK/epoch_$e.pt" "${SET}_s${STAGE}_$NAME"; else score "$CK/epoch_$e.pt" "${SET}_s${STAGE}_${NAME}_e$e"; fi
+for ((e = KEPT + 1; e <= LAST; e++)); do  # the epochs this stage wrote; its last one untagged
+  tag=${SET}_s${STAGE}_$NAME
+  ((e == LAST)) || tag+=_e$e
+  score "$CK/epoch_$e.pt" "$tag"
 done
 cp "$CK/train_metrics.json" "bench/out/quality_${SET}_s${STAGE}_${NAME}_train_metrics.json"  # times, val record
 rm -rf "$SCRATCH"
