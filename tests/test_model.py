@@ -52,6 +52,21 @@ def test_checkpoint_roundtrip_pt_and_dir(tiny_encoder_dir, tmp_path, sharing, pr
         assert np.allclose(m2.encode_products(P), ref_p, atol=1e-6)
 
 
+def test_fingerprint_is_the_weights_not_where_they_are_installed(tiny_encoder_dir, tmp_path):
+    """The same HF model directory in two places (two virtual environments' site-packages) is one
+    model: its embedding cache and indices must serve both; a changed weight is another model."""
+    import shutil
+    copy = shutil.copytree(tiny_encoder_dir, tmp_path / "elsewhere" / "model")
+    a, b = TwoTowerModel.from_pretrained(str(tiny_encoder_dir)), TwoTowerModel.from_pretrained(str(copy))
+    assert a.config.encoder_config["_name_or_path"] != b.config.encoder_config["_name_or_path"]
+    assert a.fingerprint() == b.fingerprint()
+    b.save(tmp_path / "b.pt")  # the fingerprint stored at save time is the same one
+    assert TwoTowerModel.from_pretrained(tmp_path / "b.pt").fingerprint() == a.fingerprint()
+    with torch.no_grad():
+        next(b.parameters()).add_(1e-3)
+    assert b.fingerprint(refresh=True) != a.fingerprint()
+
+
 def test_refuses_other_base_model_or_dimension(tiny_model, tiny_encoder_dir, tmp_path):
     tiny_model.save(tmp_path / "m.pt")
     with pytest.raises(UserError, match="base model"):
