@@ -1,7 +1,8 @@
 """Phase 5: mine hard negatives for the training queries with a model (iteratively, per stage).
 
 Reads: --checkpoint (default checkpoints/stage1.pt) or --baseline; data/products_clean.parquet,
-data/training_pairs.parquet (the training queries), data/ground_truth.parquet (judged labels).
+data/training_pairs.parquet (the training queries), data/ground_truth.parquet (judged labels);
+data/indices_bm25 for --mine-from bm25|hybrid and --lexical-mismatch.
 Writes: --output (default data/hard_negatives_stage2.parquet) in the training-pair schema with
 neg_type "hard", plus round, score, rank, pos_score; next to it <output stem>_positive_ranks.parquet
 (every judged E/S/C product of those queries: the model's score and rank in the whole catalog, -1
@@ -13,7 +14,9 @@ For each training query: retrieve the top --top-k candidates (--mine-from dense:
 inner product over the cached catalog embeddings, in query batches; bm25: BM25's ranking over the
 index in data/indices_bm25, lexical near-misses; hybrid: the two fused, w = 0.5), drop every product judged E/S/C for the query, skip
 ranks before --skip-top, drop candidates scoring above (1 - --false-negative-margin) x the mean score of the
-query's judged positives (likely unjudged positives: false negatives), keep I-judged or unjudged
+query's judged positives (likely unjudged positives: false negatives; with --lexical-mismatch R, such a
+candidate is kept when its BM25 score is below R x that of every judged E/S positive of the query: it
+matches the query's words worse, so it is likely another size or type), keep I-judged or unjudged
 products, drop candidates whose product embedding is a near-duplicate of one of the query's judged
 E/S positives (cosine >= --near-duplicate-cosine: another size or colour of a relevant product,
 most likely relevant too), and take the best --num-negatives. Deterministic for a given model and data.
@@ -58,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="drop candidates scoring above (1 - M) x the query's mean positive score (likely "
                         "unjudged positives)")
     add_alias(p, "--margin", "--false-negative-margin")
+    p.add_argument("--lexical-mismatch", type=float_range(0.0, 1.0), default=None, metavar="R",
+                   help="keep a candidate the margin guard would drop when its BM25 score is below R x the "
+                        "lowest BM25 score of the query's judged E/S positives: it matches the query's words "
+                        "worse than every judged positive (another size, type or brand), so it is a hard "
+                        "negative rather than a likely unjudged positive (needs the BM25 index; default: off)")
     p.add_argument("--near-duplicate-cosine", type=float_range(0.0, 1.0), default=None, metavar="C",
                    help="drop candidates whose embedding has cosine >= C with one of the query's judged E/S "
                         "positives (likely unjudged variants of a relevant product; default: off)")
@@ -103,14 +111,17 @@ def candidate_source(source: str, index, q_emb: np.ndarray, emb: np.ndarray, top
 def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, judged_pos: dict, pos_score: np.ndarray,
          top_k: int, num_negatives: int, skip_top: int, margin: float, batch: int = 1024,
          near_dup: float | None = None, emb: np.ndarray | None = None, pos_rows: dict | None = None,
-         candidates=None, positive_hits: dict | None = None):
+         candidates=None, positive_hits: dict | None = None, lexical=None, lexical_mismatch: float | None = None):
     """Per query: the kept (catalog row, score, rank) lists and drop counters. With near_dup, a
     candidate whose embedding (emb) has cosine >= near_dup with one of the query's positive rows
     (pos_rows: query position -> catalog rows) is dropped too. candidates(lo, hi) -> (scores, rows)
     supplies each query batch's candidates (candidate_source; default: the index's exact top k).
     positive_hits, when given, receives (query position, catalog row) -> rank (1-based) of every
-    judged positive among the candidates."""
+    judged positive among the candidates. With lexical_mismatch R, lexical(query position, rows) ->
+    BM25 scores: a candidate above the margin is kept after all when its BM25 score is below R x
+    the lowest of the query's positive rows (counted as "kept_lexical_mismatch")."""
     drops = {"judged_positive": 0, "margin": 0, "range": 0, "near_duplicate": 0, "beyond_num_negatives": 0}
+    rescued = 0
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
     candidates = candidates or candidate_source("dense", index, q_emb, emb, top_k)
     for s in progress(range(0, len(q_emb), batch), desc="mine", unit="batch", disable=len(q_emb) < 5 * batch):
@@ -124,6 +135,11 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                 ok = rows[j] >= 0
                 sim = np.asarray(emb[rows[j][ok]]) @ np.asarray(emb[pos_rows[qi]]).T  # (k, n_pos)
                 dup[np.flatnonzero(ok)] = sim.max(1) >= near_dup
+            mismatch = np.zeros(len(rows[j]), dtype=bool)
+            if lexical_mismatch is not None and pos_rows is not None and len(pos_rows.get(qi, ())):
+                floor = lexical_mismatch * float(lexical(qi, pos_rows[qi]).min())  # 0 when a positive shares no word
+                ok = rows[j] >= 0
+                mismatch[np.flatnonzero(ok)] = lexical(qi, rows[j][ok]) < floor
             n = 0
             for rank, (r, sc) in enumerate(zip(rows[j], scores[j])):
                 if r < 0:
@@ -134,7 +150,7 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                         positive_hits[(qi, int(r))] = rank + 1
                 elif rank < skip_top:
                     drops["range"] += 1
-                elif sc > limit:
+                elif sc > limit and not mismatch[rank]:
                     drops["margin"] += 1
                 elif dup[rank]:
                     drops["near_duplicate"] += 1
@@ -143,6 +159,9 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                 else:
                     kept_q.append(qi); kept_r.append(r); kept_s.append(sc); kept_rank.append(rank + 1)
                     n += 1
+                    rescued += bool(sc > limit)
+    if lexical_mismatch is not None:
+        drops["kept_lexical_mismatch"] = rescued
     return np.asarray(kept_q, dtype=np.int64), np.asarray(kept_r, dtype=np.int64), \
         np.asarray(kept_s, dtype=np.float32), np.asarray(kept_rank, dtype=np.int32), drops
 
@@ -215,16 +234,18 @@ def main(args: argparse.Namespace) -> dict:
         pos_score[mean.index.to_numpy()] = mean.to_numpy()
         index = build_index(emb, "flat")
         bm25 = None
-        if args.mine_from != "dense":
+        if args.mine_from != "dense" or args.lexical_mismatch is not None:
             from lexical import Bm25Index
             bm25 = Bm25Index.load(args.bm25_index_dir or bm25_index_dir(args.data_dir), products)
         source = candidate_source(args.mine_from, index, q_emb, emb, args.top_k, queries["query"].to_numpy(), bm25)
         pos_rows = {int(k): g.to_numpy() for k, g in pd.Series(es["row"].to_numpy()).groupby(qi)}
         hits = {} if args.mine_from == "dense" else None  # the dense candidates are the model's ranking
+        q_texts = queries["query"].to_numpy()
+        lexical = (lambda qi, rows: bm25.score_rows(q_texts[qi], rows)) if bm25 is not None else None
         kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
                                         args.num_negatives, args.skip_top, args.false_negative_margin,
                                         args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows, source,
-                                        positive_hits=hits)
+                                        positive_hits=hits, lexical=lexical, lexical_mismatch=args.lexical_mismatch)
         if hits is None:
             hits = dense_positive_hits(index, q_emb, judged_pos, qids, cat_ids, args.top_k, args.query_batch_size)
         ranks = positive_rank_table(judged, qids, q_emb, emb, row_of, hits, args.top_k)

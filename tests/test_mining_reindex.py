@@ -88,6 +88,34 @@ def test_mining_from_bm25_and_hybrid_rankings(data_dir, tiny_encoder_dir):
     assert not (key(b) | key(h)) & pos  # judged positives are never negatives, whoever ranks them
 
 
+def test_lexical_mismatch_keeps_only_candidates_that_match_the_words_worse_than_every_positive(
+        data_dir, tiny_encoder_dir):
+    from lexical import Bm25Index
+    with pytest.raises(UserError, match="no BM25 index"):
+        _mine(data_dir, tiny_encoder_dir, data_dir / "x.parquet", "--lexical-mismatch", "1")
+    rx.main(rx.parse_args(["--bm25", "--data-dir", str(data_dir)]))
+    strict = _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet", "--margin", "0.3", "--num-negatives", "100")
+    kept = _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet", "--margin", "0.3", "--num-negatives", "100",
+                 "--lexical-mismatch", "1")
+    a, b = pd.read_parquet(data_dir / "a.parquet"), pd.read_parquet(data_dir / "b.parquet")
+    over = b[b["score"] > 0.7 * b["pos_score"]]  # above the margin: kept only by the lexical check
+    assert "kept_lexical_mismatch" not in strict["dropped"] and (a["score"] <= 0.7 * a["pos_score"]).all()
+    assert len(over) == kept["dropped"]["kept_lexical_mismatch"] > 0
+    assert kept["dropped"]["margin"] == strict["dropped"]["margin"] - len(over)
+    key = lambda t: set(map(tuple, t[["query_id", "product_id"]].values))  # noqa: E731
+    assert key(a) <= key(b)  # nothing the margin kept is lost
+    ix = Bm25Index.load(data_dir / "indices_bm25")
+    row = pd.Series(range(len(ix.ids)), index=ix.ids)
+    gt = pd.read_parquet(data_dir / "ground_truth.parquet")
+    pos = gt[gt["esci_label"].isin(["E", "S"])].groupby("query_id")["product_id"].apply(list)
+    for (qid, q), g in over.groupby(["query_id", "query"]):  # each matches the words worse than every positive
+        floor = ix.score_rows(q, row.reindex(pos[qid]).dropna().astype(int).to_numpy()).min()
+        assert (ix.score_rows(q, row.reindex(g["product_id"]).to_numpy()) < floor).all()
+    half = _mine(data_dir, tiny_encoder_dir, data_dir / "c.parquet", "--margin", "0.3", "--num-negatives", "100",
+                 "--lexical-mismatch", "0.5")
+    assert half["dropped"]["kept_lexical_mismatch"] < kept["dropped"]["kept_lexical_mismatch"]
+
+
 def test_mining_is_deterministic_and_never_overwrites(data_dir, tiny_encoder_dir):
     _mine(data_dir, tiny_encoder_dir, data_dir / "a.parquet")
     _mine(data_dir, tiny_encoder_dir, data_dir / "b.parquet")
