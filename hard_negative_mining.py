@@ -117,9 +117,10 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
     (pos_rows: query position -> catalog rows) is dropped too. candidates(lo, hi) -> (scores, rows)
     supplies each query batch's candidates (candidate_source; default: the index's exact top k).
     positive_hits, when given, receives (query position, catalog row) -> rank (1-based) of every
-    judged positive among the candidates. With lexical_mismatch R, lexical(query position, rows) ->
-    BM25 scores: a candidate above the margin is kept after all when its BM25 score is below R x
-    the lowest of the query's positive rows (counted as "kept_lexical_mismatch")."""
+    judged positive among the candidates. With lexical_mismatch R (needs pos_rows), lexical(query
+    position) -> the query's BM25 score of every catalog row, or None when no query term is indexed:
+    a candidate above the margin is kept after all when its BM25 score is below R x the lowest of
+    the query's positive rows (counted as "kept_lexical_mismatch")."""
     drops = {"judged_positive": 0, "margin": 0, "range": 0, "near_duplicate": 0, "beyond_num_negatives": 0}
     rescued = 0
     kept_q, kept_r, kept_s, kept_rank = [], [], [], []
@@ -136,10 +137,11 @@ def mine(q_emb: np.ndarray, query_ids: np.ndarray, index, cat_ids: np.ndarray, j
                 sim = np.asarray(emb[rows[j][ok]]) @ np.asarray(emb[pos_rows[qi]]).T  # (k, n_pos)
                 dup[np.flatnonzero(ok)] = sim.max(1) >= near_dup
             mismatch = np.zeros(len(rows[j]), dtype=bool)
-            if lexical_mismatch is not None and pos_rows is not None and len(pos_rows.get(qi, ())):
-                floor = lexical_mismatch * float(lexical(qi, pos_rows[qi]).min())  # 0 when a positive shares no word
+            bm = lexical(qi) if lexical_mismatch is not None and len(pos_rows.get(qi, ())) else None
+            if bm is not None:  # the query's BM25 scores over the whole catalog, computed once
+                floor = lexical_mismatch * float(bm[pos_rows[qi]].min())  # 0 when a positive shares no word
                 ok = rows[j] >= 0
-                mismatch[np.flatnonzero(ok)] = lexical(qi, rows[j][ok]) < floor
+                mismatch[np.flatnonzero(ok)] = bm[rows[j][ok]] < floor
             n = 0
             for rank, (r, sc) in enumerate(zip(rows[j], scores[j])):
                 if r < 0:
@@ -241,7 +243,7 @@ def main(args: argparse.Namespace) -> dict:
         pos_rows = {int(k): g.to_numpy() for k, g in pd.Series(es["row"].to_numpy()).groupby(qi)}
         hits = {} if args.mine_from == "dense" else None  # the dense candidates are the model's ranking
         q_texts = queries["query"].to_numpy()
-        lexical = (lambda qi, rows: bm25.score_rows(q_texts[qi], rows)) if bm25 is not None else None
+        lexical = (lambda qi: bm25.scores(q_texts[qi])) if bm25 is not None else None
         kq, kr, ks, krank, drops = mine(q_emb, qids, index, cat_ids, judged_pos, pos_score, args.top_k,
                                         args.num_negatives, args.skip_top, args.false_negative_margin,
                                         args.query_batch_size, args.near_duplicate_cosine, emb, pos_rows, source,
