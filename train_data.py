@@ -191,7 +191,7 @@ class StageData:
 
 def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,
                epoch: int, bucket_batches: int = 16, epoch_pairs: int | None = None,
-               distinct_queries: bool = False) -> list[Batch]:
+               distinct_queries: bool = False, topics: np.ndarray | None = None) -> list[Batch]:
     """The batches of one epoch, reproducible from (seed, epoch); with epoch_pairs, a fresh
     random subset of that many positives per epoch (budgeted runs keep their epoch structure).
 
@@ -200,6 +200,9 @@ def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_
     a query appears at most once per batch where avoidable (like sentence-transformers'
     NO_DUPLICATES sampler): the shuffled rows are taken in rounds, every query's first positive,
     then every query's second, ..., so that batches stay full; it implies no length bucketing.
+    topics: a cluster id per query index (`topic_clusters`); the rows of one cluster are taken
+    together, the clusters in a random order, so a batch's in-batch negatives are the positives of
+    queries on the same topic (TAS-B's topic-aware sampling); it implies no length bucketing.
     Products are always distinct within a batch where avoidable."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(data.pos_q))
@@ -209,6 +212,10 @@ def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_
         q = data.pos_q[order]
         rank = pd.Series(q).groupby(q).cumcount().to_numpy()  # k-th positive of its query in this order
         order = order[np.argsort(rank, kind="stable")]
+        bucket_batches = 0
+    if topics is not None:
+        cluster_rank = rng.permutation(int(topics.max()) + 1)
+        order = order[np.argsort(cluster_rank[topics[data.pos_q[order]]], kind="stable")]  # shuffled within
         bucket_batches = 0
     window = batch_size * bucket_batches if bucket_batches else len(order) or 1
     batches: list[Batch] = []
@@ -250,8 +257,25 @@ def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_
             win_batches.append(np.asarray(cur))
             pending = rest
         rng.shuffle(win_batches)
+        if topics is not None:  # one window: its short remainder batch goes last, as in bucketed plans
+            win_batches.sort(key=lambda b: len(b) < batch_size)
         batches.extend(_with_negatives(data, b, n_neg, rng) for b in win_batches)
     return batches
+
+
+def topic_clusters(query_emb: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """(n,) cluster id of each query embedding (rows L2-normalised): spherical k-means (faiss) into
+    n_clusters, at most one cluster per query."""
+    import faiss
+    x = np.ascontiguousarray(query_emb, dtype=np.float32)
+    k = max(1, min(int(n_clusters), len(x)))
+    if k == 1:
+        return np.zeros(len(x), dtype=np.int64)
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=int(seed) % (2**31), spherical=True,
+                      min_points_per_centroid=1, max_points_per_centroid=max(256, len(x) // k + 1))
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return assign[:, 0].astype(np.int64)
 
 
 def _with_negatives(data: StageData, rows: np.ndarray, n_neg: int, rng: np.random.Generator) -> Batch:

@@ -112,8 +112,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="mask from a row's softmax only the products judged at least as relevant as its own "
                         "positive: an E row keeps its query's S/C products as negatives (E ranks above S); "
                         "--no-graded-mask masks every judged E/S/C product")
+    p.add_argument("--topic-batches", action=argparse.BooleanOptionalAction, default=True,
+                   help="fill each batch with the queries of one topic (spherical k-means of the training queries "
+                        "embedded by the stage's starting model, about one cluster per batch), so in-batch "
+                        "negatives are products of neighbouring queries (TAS-B's topic-aware sampling); "
+                        "--no-topic-batches: random batches, length-bucketed by --bucket-batches")
     p.add_argument("--distinct-queries", action="store_true",
-                   help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES)")
+                   help="at most one row per query in a batch (as sentence-transformers' NO_DUPLICATES); "
+                        "random batches, so it turns --topic-batches off")
     p.add_argument("--dropout", type=float_range(0.0, 1.0, hi_open=True), default=None, metavar="P",
                    help="while training, the probability of every dropout layer of the encoder (hidden and "
                         "attention); default: the base model's own (0.1 for MiniLM). 0 is not faster on the CPU, where "

@@ -22,7 +22,7 @@ import losses as L
 from augment import augment_queries
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state
 from metrics import evaluate_run
-from train_data import GRADE, Batch, StageData, TokenStore, length_groups, plan_epoch, stack_batch
+from train_data import GRADE, Batch, StageData, TokenStore, length_groups, plan_epoch, stack_batch, topic_clusters
 from train_ops import use_fast_dropout
 from train_parts import (SELECT, auto_batch_size, best_of, better, judged_sets, loss_inputs, lr_lambda, selection_rule,
                          shown_score)
@@ -32,6 +32,7 @@ from fileio import atomic_path, load_catalog, load_prepared, require_file, write
 from paths import best_checkpoint, hard_negatives_path, last_checkpoint, positive_ranks_path, stage_checkpoint
 from utils import UserError, barrier, bf16_supported, get_device, is_main_process, log, widen_onednn_cache
 
+TOPIC_MAX_CLUSTERS = 1024  # --topic-batches
 STAGES = {1: {"epochs": 1, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 1, "lr_scale": 0.1}}
 
 
@@ -76,6 +77,7 @@ class Trainer:
         # --length-groups auto: on the CPU, whose time grows with every pad token; a GPU runs one
         # padded batch about as fast as several smaller ones
         self.length_groups = args.length_groups == "on" or (args.length_groups == "auto" and self.device.type == "cpu")
+        self._topics: np.ndarray | None = None  # --topic-batches: cluster id per query index of the stage
         self.fast_dropout = args.dropout_kernel == "fast" or (args.dropout_kernel == "auto"
                                                               and self.device.type == "cpu")
         self.loss_fn = L.build_loss(args.loss, args.temperature, args.margin, args.contrastive_weight,
@@ -251,6 +253,7 @@ class Trainer:
             per_epoch = min(a.epoch_pairs or len(data.pos_q), len(data.pos_q))
             self.batch_size = auto_batch_size(per_epoch, self.world)
             log.info("stage %d: batch size %d (auto: %s positives per epoch)", stage, self.batch_size, f"{per_epoch:,}")
+        self._topics = self._topic_clusters(model, data, stage) if a.topic_batches and not a.distinct_queries else None
         # epoch 1's plan sets the schedule length; it is reused when stage 1 trains epoch 1
         plan1 = self._plan(data, p_tok, 1)
         steps_per_epoch = math.ceil(len(plan1) / a.grad_accum)
@@ -265,6 +268,23 @@ class Trainer:
                 "logq": self._logq(data) if a.logq else None, "epochs": epochs, "plan1": plan1, "total": total,
                 "opt": opt, "sched": sched}
 
+    def _topic_clusters(self, model: TwoTowerModel, data: StageData, stage: int) -> np.ndarray:
+        """--topic-batches: the stage's training queries clustered by the stage's starting model (the
+        same model, so the same clusters, when a stage is resumed): about one cluster per batch of an epoch, at
+        most TOPIC_MAX_CLUSTERS (k-means cost grows with clusters x queries; at ESCI's size a cluster
+        then fills a few dozen batches, still of one topic). Several processes use rank 0's clusters."""
+        t0 = time.perf_counter()
+        per_epoch = min(self.args.epoch_pairs or len(data.pos_q), len(data.pos_q))
+        k = min(TOPIC_MAX_CLUSTERS, max(1, round(per_epoch / self.batch_size)))
+        topics = topic_clusters(model.encode_queries(data.query_texts), k, self.args.seed + stage)
+        if self.world > 1:
+            t = torch.as_tensor(topics, device=self.device)
+            dist.broadcast(t, 0)
+            topics = t.cpu().numpy()
+        log.info("stage %d: --topic-batches: %s queries in %d clusters (%.1f s)", stage,
+                 f"{len(data.query_texts):,}", len(np.unique(topics)), time.perf_counter() - t0)
+        return topics
+
     def _epoch_queries(self, st: dict, model: TwoTowerModel, epoch: int) -> TokenStore:
         """The query tokens an epoch trains on: the clean queries, or with --query-typos a seeded
         fraction of them with one typing error each (augment.py), the same again on a resumed run."""
@@ -277,7 +297,7 @@ class Trainer:
     def _plan(self, data: StageData, p_tok: TokenStore, epoch: int) -> list[Batch]:
         a = self.args
         return plan_epoch(data, p_tok.lengths, self.batch_size, a.negatives, a.seed, epoch, a.bucket_batches,
-                          a.epoch_pairs, a.distinct_queries)
+                          a.epoch_pairs, a.distinct_queries, self._topics)
 
     def _train_epoch(self, model, st: dict, batches: list[Batch], start: int, pos: dict, epoch: int, t0: float,
                      done: list) -> None:

@@ -182,6 +182,7 @@ SMOKE = {  # flag -> check on (metrics, checkpoint dir); every training flag goe
     "patience": (["--patience", "1", "--lr", "0", "--epochs", "3"], "patience"),
     "separate": (["--tower-sharing", "separate"], "separate"),
     "projection": (["--projection-dim", "8"], "projection"),
+    "no-topic-batches": (["--no-topic-batches"], "topic_batches"),
 }
 
 
@@ -202,10 +203,11 @@ def test_every_training_flag_two_steps(case, data_dir, tmp_path, tiny_encoder_di
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, "--loss", other,
                                     "--negatives", "2")))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0])  # another loss, another value
-    if check in ("logq", "symmetric", "query_typos", "lexical_distill", "dropout", "dropout_kernel"):
-        ref = tmp_path / "ref"  # the first loss differs without the flag (dropout kernel: other masks)
+    if check in ("logq", "symmetric", "query_typos", "lexical_distill", "dropout", "dropout_kernel", "topic_batches"):
+        ref = tmp_path / "ref"  # the first loss differs without the flag (dropout kernel: other masks; topic
+        # batches: another first batch)
         same = [f for f in flags if f not in ("--logq", "--no-symmetric", "--query-typos", "1.0", "--lexical-distill",
-                                              "5", "--dropout", "0", "--dropout-kernel", "torch")]
+                                              "5", "--dropout", "0", "--dropout-kernel", "torch", "--no-topic-batches")]
         tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, "--stage", "1", *limit, *same)))
         assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)
     if check == "lexical_distill":  # the KL term is logged and is what made the loss differ
@@ -429,6 +431,40 @@ def test_batch_planning_options(data_dir):
     dups = {k: sum(len(b.q_rows) - len(set(b.q_rows.tolist())) for b in plan) for k, plan in plans.items()}
     assert dups[(0, None, True)] < dups[(0, None, False)]
     assert sum(len(b.q_rows) == 16 for b in plans[(0, None, True)]) >= len(plans[(0, None, True)]) - 2  # full
+
+
+def test_topic_batches_fill_each_batch_from_few_query_clusters(data_dir):
+    """plan_epoch(topics=...) takes the rows of one query cluster together (TAS-B): a batch spans
+    few clusters where random batches span many, every positive is still trained exactly once, and
+    the order of the clusters changes from epoch to epoch; topic_clusters finds separated groups."""
+    from train_data import StageData, plan_epoch, topic_clusters
+    from fileio import load_catalog
+    cat = load_catalog(data_dir)
+    sd = StageData(data_dir, "train", 1, [], pd.Series(np.arange(len(cat)), index=cat["product_id"].to_numpy()))
+    lens = np.random.default_rng(0).integers(5, 100, len(cat))
+    n_q = len(sd.query_ids)
+    topics = np.random.default_rng(1).permutation(n_q) % max(2, n_q // 3)  # about three queries a cluster
+    everything = sorted(zip(sd.pos_q.tolist(), sd.pos_p.tolist()))
+
+    def spans(plan):
+        return np.mean([len(set(topics[b.q_rows].tolist())) for b in plan])
+    plan = plan_epoch(sd, lens, 16, 1, 0, 1, 16, None, False, topics)
+    random_plan = plan_epoch(sd, lens, 16, 1, 0, 1, 0)
+    assert sorted((q, p) for b in plan for q, p in zip(b.q_rows.tolist(), b.p_rows.tolist())) == everything
+    assert spans(plan) < 0.5 * spans(random_plan)
+    first = [topics[b.q_rows[0]] for b in plan]
+    assert first != [topics[b.q_rows[0]] for b in plan_epoch(sd, lens, 16, 1, 0, 2, 16, None, False, topics)]
+    sizes = [len(b.q_rows) for b in plan]
+    assert sizes[:-1] == [16] * (len(plan) - 1)  # every batch full but the last
+
+    rng = np.random.default_rng(2)
+    centres = np.eye(8, dtype=np.float32)[:3] * 5
+    x = np.concatenate([c + rng.normal(0, 0.3, (20, 8)) for c in centres]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    found = topic_clusters(x, 3, seed=0)
+    assert [len(set(found[i * 20:(i + 1) * 20].tolist())) for i in range(3)] == [1, 1, 1]
+    assert len(set(found.tolist())) == 3
+    assert (topic_clusters(x, 1, seed=0) == 0).all() and len(set(topic_clusters(x[:2], 5, 0).tolist())) <= 2
 
 
 def test_stage2_without_mined_negatives(data_dir, tmp_path, tiny_encoder_dir):
