@@ -249,11 +249,13 @@ class Trainer:
         p_tok = self._p_tok[key]
         epochs = a.epochs or STAGES[stage]["epochs"]
         self.batch_size = a.batch_size
+        per_epoch = min(a.epoch_pairs or len(data.pos_q), len(data.pos_q))
         if a.batch_size == "auto":
-            per_epoch = min(a.epoch_pairs or len(data.pos_q), len(data.pos_q))
             self.batch_size = auto_batch_size(per_epoch, self.world)
             log.info("stage %d: batch size %d (auto: %s positives per epoch)", stage, self.batch_size, f"{per_epoch:,}")
-        self._topics = self._topic_clusters(model, data, stage) if a.topic_batches and not a.distinct_queries else None
+        topic_k = min(TOPIC_MAX_CLUSTERS, max(1, round(per_epoch / self.batch_size)))  # about a cluster a batch
+        self._topics = (self._topic_clusters(model, data, stage, topic_k)
+                        if a.topic_batches and not a.distinct_queries else None)
         # epoch 1's plan sets the schedule length; it is reused when stage 1 trains epoch 1
         plan1 = self._plan(data, p_tok, 1)
         steps_per_epoch = math.ceil(len(plan1) / a.grad_accum)
@@ -268,15 +270,16 @@ class Trainer:
                 "logq": self._logq(data) if a.logq else None, "epochs": epochs, "plan1": plan1, "total": total,
                 "opt": opt, "sched": sched}
 
-    def _topic_clusters(self, model: TwoTowerModel, data: StageData, stage: int) -> np.ndarray:
-        """--topic-batches: the stage's training queries clustered by the stage's starting model (the
-        same model, so the same clusters, when a stage is resumed): about one cluster per batch of an epoch, at
-        most TOPIC_MAX_CLUSTERS (k-means cost grows with clusters x queries; at ESCI's size a cluster
-        then fills a few dozen batches, still of one topic). Several processes use rank 0's clusters."""
+    def _topic_clusters(self, model: TwoTowerModel, data: StageData, stage: int, k: int) -> np.ndarray:
+        """--topic-batches: the stage's training queries in k clusters of the stage's starting model's
+        query embeddings (the same model, so the same clusters, when a stage is resumed); k is about
+        one cluster per batch of an epoch, at most TOPIC_MAX_CLUSTERS (k-means cost grows with
+        clusters x queries; at ESCI's size a cluster then fills a few dozen batches, still of one
+        topic). Rank 0 clusters; other processes receive its clusters."""
         t0 = time.perf_counter()
-        per_epoch = min(self.args.epoch_pairs or len(data.pos_q), len(data.pos_q))
-        k = min(TOPIC_MAX_CLUSTERS, max(1, round(per_epoch / self.batch_size)))
-        topics = topic_clusters(model.encode_queries(data.query_texts), k, self.args.seed + stage)
+        topics = np.zeros(len(data.query_texts), dtype=np.int64)
+        if is_main_process():
+            topics = topic_clusters(model.encode_queries(data.query_texts), k, self.args.seed + stage)
         if self.world > 1:
             t = torch.as_tensor(topics, device=self.device)
             dist.broadcast(t, 0)
