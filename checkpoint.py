@@ -262,3 +262,21 @@ def stage_done(ckdir: str | os.PathLike, stage: int) -> bool:
     if not stage_checkpoint(ckdir, stage).is_file():
         return False
     return int(read_progress(ckdir).get("stage_done", 0)) >= stage
+
+
+def trim_step_log(log_file: Path, stage: int, step: int) -> None:
+    """Drop the lines of train_log.jsonl that a killed run logged after the state it resumes from
+    (stage `stage`, step `step`): those steps are trained again, so the log keeps each (stage,
+    step) once. Lines cut by the kill are dropped too; the file is rewritten atomically."""
+    if not log_file.is_file():
+        return
+    keep = []
+    for line in log_file.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the kill
+        if rec.get("stage", 0) < stage or (rec.get("stage") == stage and rec.get("step", 0) <= step):
+            keep.append(line)
+    with atomic_path(log_file) as tmp:
+        tmp.write_text("".join(x + "\n" for x in keep))

@@ -199,6 +199,17 @@ class Bm25Index:
             out.append((top.astype(np.int64), s[top].astype(np.float32)))
         return out
 
+    def candidate_scores(self, query_texts: Sequence[str], q_rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """(len(q_rows), len(cand)) float32: the BM25 score of each candidate catalog row (-1 =
+        padding, scored 0) for each batch row's query, query_texts[q_rows[i]]; each distinct query
+        is scored once (the trainer's --lexical-distill teacher input)."""
+        out = np.zeros((len(q_rows), len(cand)), np.float32)
+        for q in np.unique(q_rows):
+            s = self.scores(query_texts[q])
+            if s is not None:
+                out[q_rows == q] = np.where(cand >= 0, s[np.maximum(cand, 0)], 0.0)
+        return out
+
     def score_rows(self, query: str, rows: np.ndarray) -> np.ndarray:
         """BM25 scores of the given catalog rows for `query` (0 where no term matches)."""
         s = self.scores(query)

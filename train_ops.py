@@ -10,12 +10,16 @@ inputs computes in fp32 at about half the speed of the same ops written out. `at
 them out in fp32 (the math kernel's precision) and drops the probabilities with `dropout`.
 
 `use_fast_dropout(model)` puts both into every HF encoder inside `model`: each nn.Dropout becomes a
-`FastDropout` (a subclass, so `trainer.set_dropout` and HF's `self.dropout.p` still work) and the
+`FastDropout` (a subclass, so `set_dropout` and HF's `self.dropout.p` still work) and the
 encoders' attention implementation becomes "ttsn_train", registered with transformers'
 AttentionInterface. Eval-mode forwards (validation, encoding) and dropout 0 go to transformers'
 own SDPA path unchanged, so only training steps change, and only their random stream: the
 expected value of every activation is the same. Checkpoints do not see it: a model's encoder config
 is recorded when the model is built, and a checkpoint loads with the default attention.
+
+Also here, the two other settings the trainer applies to the model's training on any device:
+`set_dropout(model, p)` (--dropout) and `make_optimizer` (AdamW with the fused kernel on CPU and
+CUDA: 5x faster a step on the CPU than the multi-tensor default, bench/bench_optimizer.py).
 
 Example (CPU, seconds):
     from two_tower_model import TwoTowerModel
@@ -126,3 +130,19 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
         if isinstance(m, PreTrainedModel) and m.config._attn_implementation in ("sdpa", "eager"):
             m.set_attn_implementation(ATTENTION)
     return swapped
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the probability of every nn.Dropout in `model` to p (HF's BERT attention reads its
+    dropout module's p too); returns how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in layers:
+        m.p = p
+    return len(layers)
+
+
+def make_optimizer(params: list, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (one pass over all parameters per step) on CPU and CUDA, where
+    PyTorch has it; the plain multi-tensor AdamW elsewhere. Same update rule either way."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

@@ -8,6 +8,7 @@
     SELECT, better       the validation score that picks best_model.pt, and the comparison rule
     best_of              the epoch that rule keeps from a validation history
     shown_score          that score as a user reads it (the val loss itself, not its negation)
+    ignored_model_flags  architecture flags a stage 2/3 command line gives in vain (the checkpoint wins)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 import losses as L
 from train_data import Batch
+from two_tower_model import add_model_args, model_overrides
 
 # validation scores that pick best_model.pt: (primary score, higher is better); ties -> lower val loss
 SELECT = {"recall+ndcg": lambda v: v["recall@10"] + v["ndcg@10"], "recall@10": lambda v: v["recall@10"],
@@ -133,4 +135,16 @@ def judged_sets(qidx: np.ndarray, rows: np.ndarray, grades: np.ndarray, graded: 
                 out.setdefault((q, own), set()).add(r)
         else:
             out.setdefault(q, set()).add(r)
+    return out
+
+
+def ignored_model_flags(args: argparse.Namespace, config) -> dict[str, tuple]:
+    """Architecture flags given on a stage 2/3 command line that differ from the checkpoint the
+    stage continues (the checkpoint wins: only stage 1, or --init-checkpoint, builds a model)."""
+    defaults = add_model_args(argparse.ArgumentParser(add_help=False)).parse_args([])
+    given = {"base_model": args.base_model, **model_overrides(args)}
+    out = {}
+    for k, v in given.items():
+        if v != getattr(defaults, k) and v != getattr(config, k):
+            out["--" + k.replace("_", "-")] = (v, getattr(config, k))
     return out

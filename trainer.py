@@ -20,13 +20,14 @@ import torch.distributed as dist
 
 import losses as L
 from augment import augment_queries
-from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state
+from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, trim_step_log
 from metrics import evaluate_run
-from train_data import GRADE, Batch, StageData, TokenStore, length_groups, plan_epoch, stack_batch, topic_clusters
-from train_ops import use_fast_dropout
-from train_parts import (SELECT, auto_batch_size, best_of, better, judged_sets, loss_inputs, lr_lambda, selection_rule,
-                         shown_score)
-from two_tower_model import TwoTowerModel, add_model_args, model_overrides
+from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch, topic_clusters
+from train_embed import autocast, embed_global
+from train_ops import make_optimizer, set_dropout, use_fast_dropout
+from train_parts import (SELECT, auto_batch_size, best_of, better, ignored_model_flags, judged_sets, loss_inputs,
+                         lr_lambda, selection_rule, shown_score)
+from two_tower_model import TwoTowerModel, model_overrides
 from cli import args_to_config, progress
 from fileio import atomic_path, load_catalog, load_prepared, require_file, write_json
 from paths import best_checkpoint, hard_negatives_path, last_checkpoint, positive_ranks_path, stage_checkpoint
@@ -35,21 +36,6 @@ from utils import UserError, barrier, bf16_supported, get_device, is_main_proces
 TOPIC_MAX_CLUSTERS = 1024  # --topic-batches
 STAGES = {1: {"epochs": 1, "lr_scale": 1.0}, 2: {"epochs": 1, "lr_scale": 1.0}, 3: {"epochs": 1, "lr_scale": 0.1}}
 
-
-def set_dropout(model: torch.nn.Module, p: float) -> int:
-    """Set the probability of every nn.Dropout in `model` to p (HF's BERT attention reads its
-    dropout module's p too); returns how many there are."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    for m in layers:
-        m.p = p
-    return len(layers)
-
-
-def make_optimizer(params: list, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel (one pass over all parameters per step) on CPU and CUDA, where
-    PyTorch has it; the plain multi-tensor AdamW elsewhere. Same update rule either way."""
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 class Trainer:
     def __init__(self, args: argparse.Namespace, rank: int, world: int):
@@ -360,66 +346,6 @@ class Trainer:
         return prev is None or better(vm, {"score": SELECT[asked](prev), "val_loss": prev["val_loss"]}, asked)
 
     # -- steps ---------------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.precision == "fp32":
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-
-    def _embed_local(self, model, sides: list[tuple[TokenStore, np.ndarray, str]]) -> list[torch.Tensor]:
-        """(len(rows), d) embeddings of each (store, rows, side), in their order. With --length-groups
-        (auto: on the CPU) the texts are embedded in length-sorted groups (train_data.length_groups),
-        each padded to its own longest text only, the word embeddings of all groups looked up in one
-        call (TwoTowerModel.embed_batches); when the towers share weights, the groups mix the sides
-        (a short title with the queries, a long query with the titles). The same embeddings up to
-        float rounding (padding is masked out of attention and pooling) from fewer computed tokens
-        and one embedding gradient a step instead of one a group (docs/benchmarks.md, "Length
-        groups")."""
-        d = model.config.embedding_dim
-        if not self.length_groups:
-            return [model.embed(store.batch(rows), side) if len(rows) else torch.zeros(0, d, device=self.device)
-                    for store, rows, side in sides]
-        units = [[k] for k in range(len(sides))]
-        if model.towers_shared:
-            units = [list(range(len(sides)))]
-        out: list[torch.Tensor | None] = [None] * len(sides)
-        for unit in units:
-            which = np.concatenate([np.full(len(sides[k][1]), k) for k in unit]).astype(np.int64)
-            at = np.concatenate([np.arange(len(sides[k][1])) for k in unit]).astype(np.int64)
-            lengths = np.concatenate([sides[k][0].lengths[sides[k][1]] for k in unit])
-            groups = length_groups(lengths) if len(lengths) > 1 else [np.arange(len(lengths))]
-            batches, order = [], []
-            for g in groups:
-                g = np.concatenate([g[which[g] == k] for k in unit])  # side by side within the group
-                order.append(g)
-                batches.append(stack_batch([(sides[k][0], sides[k][1][at[g[which[g] == k]]]) for k in unit]))
-            side = sides[unit[0]][2] if len(unit) == 1 else "query"  # shared towers: either side
-            emb = torch.cat(model.embed_batches(batches, side)) if batches else None  # (n, d), grouped order
-            order = np.concatenate(order) if order else np.zeros(0, np.int64)
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            for k in unit:
-                rows_k = np.flatnonzero(which == k)
-                out[k] = (emb[torch.from_numpy(inverse[rows_k]).to(emb.device)] if len(rows_k)
-                          else torch.zeros(0, d, device=self.device))
-        return out
-
-    def _embed_sides(self, model, sides: list[tuple[TokenStore, np.ndarray, str]]) -> list[torch.Tensor]:
-        """_embed_local of this process's slice of each side's rows, each side gathered into the
-        global batch (gradients flow back)."""
-        if self.world == 1:
-            return self._embed_local(model, sides)
-        parts = [np.array_split(rows, self.world) for _, rows, _ in sides]
-        local = self._embed_local(model, [(st, p[self.rank], side) for (st, _, side), p in zip(sides, parts)])
-        import torch.distributed.nn.functional as dnn
-        out = []
-        for loc, p in zip(local, parts):
-            n = max(len(x) for x in p)
-            padded = torch.zeros(n, model.config.embedding_dim, device=self.device, dtype=loc.dtype)
-            padded = torch.cat([loc, padded[len(loc):]]) if len(loc) < n else loc
-            gathered = dnn.all_gather(padded)
-            out.append(torch.cat([g[:len(x)] for g, x in zip(gathered, p)]))
-        return out
-
     def _lexical(self, b: Batch, query_texts: list[str]) -> torch.Tensor:
         """(b, b + b*k) BM25 score of every batch candidate (in-batch positives, then the explicit
         negatives; 0 for padding) for each row's query: the --lexical-distill teacher's input."""
@@ -432,14 +358,8 @@ class Trainer:
                           else Bm25Index.build(self.products, show_progress=False))
             log.info("--lexical-distill: BM25 over %s products (%s)", f"{len(self.products):,}",
                      built if have else "built in memory")
-        neg_flat = b.neg_rows.reshape(-1)
-        cand = np.concatenate([b.p_rows, neg_flat])
-        out = np.zeros((len(b.q_rows), len(cand)), np.float32)
-        for q in np.unique(b.q_rows):
-            s = self._bm25.scores(query_texts[q])
-            if s is not None:
-                out[b.q_rows == q] = np.where(cand >= 0, s[np.maximum(cand, 0)], 0.0)
-        return torch.from_numpy(out)
+        cand = np.concatenate([b.p_rows, b.neg_rows.reshape(-1)])  # (b + b*k,), -1 = padding
+        return torch.from_numpy(self._bm25.candidate_scores(query_texts, b.q_rows, cand))
 
     def _forward(self, model, b: Batch, q_tok, p_tok, judged, logq,
                  query_texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
@@ -447,11 +367,12 @@ class Trainer:
         when the query texts are given)."""
         neg_flat = b.neg_rows.reshape(-1)
         valid = neg_flat >= 0
-        with self._autocast():
+        with autocast(self.device, self.precision):
             sides = [(q_tok, b.q_rows, "query"), (p_tok, b.p_rows, "product")]
             if valid.any():
                 sides.append((p_tok, neg_flat[valid], "product"))
-            q, p, *rest = self._embed_sides(model, sides)  # (b, d), (b, d) [, (m, d)]
+            q, p, *rest = embed_global(model, sides, self.length_groups, self.device, self.rank,
+                                       self.world)  # (b, d), (b, d) [, (m, d)]
             n = None
             if rest:
                 n_valid = rest[0]
@@ -565,30 +486,14 @@ class Trainer:
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         pos.update({k: prog[k] for k in ("epoch", "batch", "step")})
-        self._trim_log(stage, pos["step"])
+        if is_main_process():  # the step lines logged after this state are trained again
+            trim_step_log(self.ckdir / "train_log.jsonl", stage, pos["step"])
         self.best = prog.get("best", self.best)
         self.history = list(prog.get("history", []))
         self.results = list(prog.get("stages", []))
         log.info("resumed stage %d from %s at epoch %d, batch %d, step %d", stage, path, pos["epoch"],
                  pos["batch"], pos["step"])
         return True
-
-    def _trim_log(self, stage: int, step: int) -> None:
-        """Drop the step lines a killed run logged after the state it resumes from (they are
-        trained again), so train_log.jsonl has each (stage, step) once."""
-        f = self.ckdir / "train_log.jsonl"
-        if not is_main_process() or not f.is_file():
-            return
-        keep = []
-        for line in f.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut by the kill
-            if rec.get("stage", 0) < stage or (rec.get("stage") == stage and rec.get("step", 0) <= step):
-                keep.append(line)
-        with atomic_path(f) as tmp:
-            tmp.write_text("".join(x + "\n" for x in keep))
 
     def _log_step(self, rec: dict) -> None:
         if not is_main_process():
@@ -605,14 +510,3 @@ class Trainer:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k not in ("stage", "epoch", "step"):
                     self.tb.add_scalar(f"train/{k}", v, rec["step"])
-
-def ignored_model_flags(args: argparse.Namespace, config) -> dict[str, tuple]:
-    """Architecture flags given on a stage 2/3 command line that differ from the checkpoint the
-    stage continues (the checkpoint wins: only stage 1, or --init-checkpoint, builds a model)."""
-    defaults = add_model_args(argparse.ArgumentParser(add_help=False)).parse_args([])
-    given = {"base_model": args.base_model, **model_overrides(args)}
-    out = {}
-    for k, v in given.items():
-        if v != getattr(defaults, k) and v != getattr(config, k):
-            out["--" + k.replace("_", "-")] = (v, getattr(config, k))
-    return out

@@ -6,7 +6,7 @@ dropout 0 (`train_two_tower.py --dropout 0`, and every eval-mode forward) it tak
 This times one forward + backward over a stage-2-like step's length groups (--groups, batch x
 tokens) with the encoder's own dropout (torch's masks and SDPA), with the same dropout through
 train_ops.py (the trainer's CPU default, `--dropout-kernel auto`), with every dropout layer at 0
-(`trainer.set_dropout`), and at 0 with the math kernel forced; then eval-mode forwards
+(`train_ops.set_dropout`), and at 0 with the math kernel forced; then eval-mode forwards
 (--infer-shapes) with the default kernel and with the math one. The training variants take turns
 for --rounds rounds (a machine whose speed drifts would otherwise favour whichever runs last).
 Random token ids, so only the shapes matter.
@@ -31,7 +31,7 @@ from common import ROOT, cpu_flags, write_result  # noqa: E402  (puts the projec
 
 from cli import add_version_arg, run_cli  # noqa: E402
 from train_ops import use_fast_dropout  # noqa: E402
-from trainer import set_dropout  # noqa: E402
+from train_ops import set_dropout  # noqa: E402
 from utils import bf16_supported, resolve_model_path  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Benchmark: one AdamW step on the base encoder's parameters, PyTorch's default multi-tensor kernel
-against the fused one that trainer.make_optimizer uses on CPU and CUDA.
+against the fused one that train_ops.make_optimizer uses on CPU and CUDA.
 
 Reads the base model (all-MiniLM-L6-v2 by default); writes a JSON with ms per step of each kernel
 (rounds alternate the two, so a slow phase of the machine hits both) and the CPU flags.

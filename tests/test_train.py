@@ -14,6 +14,8 @@ import torch
 
 import checkpoint as C
 import losses as L
+import train_embed
+import train_ops
 import train_parts as TP
 import train_two_tower as tt
 import trainer as TR
@@ -233,7 +235,7 @@ def test_set_dropout_reaches_every_dropout_layer_and_makes_training_forwards_rep
     ids, am = batch["input_ids"], batch["attention_mask"]
     torch.manual_seed(0)
     assert not torch.equal(model.query_tower(ids, am), model.query_tower(ids, am))  # the encoder's own 0.1
-    n = TR.set_dropout(model, 0.0)
+    n = train_ops.set_dropout(model, 0.0)
     assert n >= 2 * 3 + 1  # embeddings + per layer: attention, attention output, feed-forward output
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert torch.equal(model.query_tower(ids, am), model.query_tower(ids, am))
@@ -644,7 +646,7 @@ def test_the_optimizer_is_fused_adamw_on_cpu_and_updates_like_plain_adamw():
     out = {}
     for fused in (True, False):
         w = torch.nn.Parameter(w0.clone())
-        opt = (TR.make_optimizer([w], 1e-2, 0.01, torch.device("cpu")) if fused
+        opt = (train_ops.make_optimizer([w], 1e-2, 0.01, torch.device("cpu")) if fused
                else torch.optim.AdamW([w], lr=1e-2, weight_decay=0.01, foreach=False))
         if fused:
             assert opt.defaults["fused"] is True
@@ -690,7 +692,7 @@ def test_length_groups_flag_changes_the_calls_not_the_embeddings(data_dir, tmp_p
     from two_tower_model import TwoTowerModel
     monkeypatch.setattr(train_data, "GROUP_OVERHEAD_TOKENS", 0)  # split wherever lengths differ
     sizes, mixed, lookups = [], [], []
-    real_embed, real_many, real_stack = TwoTowerModel.embed, TwoTowerModel.embed_batches, TR.stack_batch
+    real_embed, real_many, real_stack = TwoTowerModel.embed, TwoTowerModel.embed_batches, train_embed.stack_batch
 
     def embed(self, batch, side):
         sizes.append(int(batch["input_ids"].shape[0]))
@@ -711,7 +713,7 @@ def test_length_groups_flag_changes_the_calls_not_the_embeddings(data_dir, tmp_p
 
     monkeypatch.setattr(TwoTowerModel, "embed", embed)
     monkeypatch.setattr(TwoTowerModel, "embed_batches", embed_batches)
-    monkeypatch.setattr(TR, "stack_batch", stack_batch)
+    monkeypatch.setattr(train_embed, "stack_batch", stack_batch)
     calls = {}
     for mode in ("on", "off"):
         sizes.clear(), mixed.clear(), lookups.clear()
@@ -746,11 +748,9 @@ def test_length_groups_flag_changes_the_calls_not_the_embeddings(data_dir, tmp_p
                  (p_store, rng.permutation(40)[:10], "product")]
         with torch.no_grad():
             mixed.clear()
-            trainer.length_groups = True
-            grouped = trainer._embed_local(model, sides)
+            grouped = train_embed.embed_local(model, sides, True, trainer.device)
             assert len(mixed) > 3 and max(mixed) == (3 if sharing == "shared" else 1)  # groups mix the sides
-            trainer.length_groups = False
-            single = trainer._embed_local(model, sides)
+            single = train_embed.embed_local(model, sides, False, trainer.device)
         for g, one, (_, rows, _) in zip(grouped, single, sides):
             assert g.shape == (len(rows), model.config.embedding_dim)
             assert torch.allclose(g, one, atol=1e-5)

@@ -77,7 +77,7 @@ def test_attention_is_sdpa_without_dropout_and_drops_the_probabilities_with_it()
 
 
 def test_use_fast_dropout_changes_training_forwards_only(tiny_encoder_dir):
-    from trainer import set_dropout
+    from train_ops import set_dropout
     from two_tower_model import TwoTowerModel
     torch.manual_seed(0)
     ref = TwoTowerModel.from_pretrained(str(tiny_encoder_dir))
