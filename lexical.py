@@ -205,9 +205,7 @@ class Bm25Index:
         is scored once (the trainer's --lexical-distill teacher input)."""
         out = np.zeros((len(q_rows), len(cand)), np.float32)
         for q in np.unique(q_rows):
-            s = self.scores(query_texts[q])
-            if s is not None:
-                out[q_rows == q] = np.where(cand >= 0, s[np.maximum(cand, 0)], 0.0)
+            out[q_rows == q] = np.where(cand >= 0, self.score_rows(query_texts[q], np.maximum(cand, 0)), 0.0)
         return out
 
     def score_rows(self, query: str, rows: np.ndarray) -> np.ndarray:
