@@ -6,7 +6,10 @@ run files and the qrels they were scored on. This reads the same system's run fi
 the report's own readers (evaluate_trained_model.read_trec_run / read_trec_qrels), scores it with
 the project's metric code (metrics.evaluate_run: relevant = E by default, ESCI gains for NDCG) and
 prints each side's means and the paired-bootstrap 95% CI of B - A, the way
-the closing notes and docs/experiments.md report a change. Both directories must hold the same
+the closing notes and docs/experiments.md report a change. With --slots K it also says what each
+side's top K holds: how many of a query's first K results are its judged E, S, C, I products and
+how many are unjudged, on average over the scored queries (does a change put E products in the
+slots S products held, or in slots unjudged products held?). Both directories must hold the same
 qrels (the same test queries and judgements), or the comparison would not be paired.
 
 Reads: A/<system>.run, B/<system>.run, A/qrels.txt, B/qrels.txt.
@@ -15,6 +18,7 @@ Writes: stdout; --out FILE.json with the figures.
 Example (seconds):
     python bench/compare_runs.py W_old/data/eval W_new/data/eval                      # trained
     python bench/compare_runs.py W_old/data/eval W_new/data/eval --system "hybrid(trained+bm25)"
+    python bench/compare_runs.py W_old/data/eval W_new/data/eval --slots 10           # + what the top 10 holds
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--system", default="trained", help="system whose run file is compared (default: trained)")
     p.add_argument("--relevant", default="E", choices=["E", "ES"], help="labels that count as relevant")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--slots", type=int, default=0, metavar="K",
+                   help="also print what each side's top K holds (judged E/S/C/I, unjudged); 0 = off")
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -57,13 +63,27 @@ def compare(run_a: dict, run_b: dict, qrels: dict, relevant=("E",), n_boot: int 
     return out
 
 
+def top_slots(run: dict, qrels: dict, k: int, relevant=("E",)) -> dict[str, float]:
+    """Mean count, over the queries with a relevant item, of the top-k slots that hold the query's
+    judged E, S, C and I products and unjudged ones ("U"); the five add up to k where a run
+    ranks at least k items for each query (a query the run misses counts 0 slots)."""
+    scored = [q for q, j in qrels.items() if any(lab in relevant for lab in j.values())]
+    out = {lab: 0.0 for lab in ("E", "S", "C", "I", "U")}
+    for q in scored:
+        judged = qrels[q]
+        for item in run.get(q, [])[:k]:
+            out[judged.get(item, "U")] += 1
+    return {lab: n / max(1, len(scored)) for lab, n in out.items()}
+
+
 def main(args: argparse.Namespace) -> dict:
     name = run_file(args.system)
     qa, qb = read_trec_qrels(args.a / "qrels.txt"), read_trec_qrels(args.b / "qrels.txt")
     if qa != qb:
         raise UserError(f"{args.a / 'qrels.txt'} and {args.b / 'qrels.txt'} differ: the two runs were not scored "
                         "on the same test queries, so they cannot be compared query by query")
-    res = compare(read_trec_run(args.a / name), read_trec_run(args.b / name), qa, tuple(args.relevant), args.bootstrap)
+    run_a, run_b = read_trec_run(args.a / name), read_trec_run(args.b / name)
+    res = compare(run_a, run_b, qa, tuple(args.relevant), args.bootstrap)
     res.update(system=args.system, a=str(args.a), b=str(args.b), a_metrics=res.pop("a"), b_metrics=res.pop("b"))
     print(f"{args.system} on {res['queries']} queries with a relevant item (relevant = {args.relevant})")
     print("| metric | A | B | B − A [95% CI] |\n| --- | ---: | ---: | ---: |")
@@ -71,6 +91,13 @@ def main(args: argparse.Namespace) -> dict:
         d = res["delta"][m]
         print(f"| {m} | {res['a_metrics'][m]:.4f} | {res['b_metrics'][m]:.4f} | "
               f"{d['gain']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |")
+    if args.slots > 0:
+        res["slots"] = {"k": args.slots, "a": top_slots(run_a, qa, args.slots, tuple(args.relevant)),
+                        "b": top_slots(run_b, qa, args.slots, tuple(args.relevant))}
+        print(f"\nWhat the top {args.slots} holds, slots per query: the query's judged E/S/C/I products, U = unjudged")
+        print("| run | E | S | C | I | U |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+        for side in ("a", "b"):
+            print(f"| {side.upper()} | " + " | ".join(f"{res['slots'][side][lab]:.3f}" for lab in "ESCIU") + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2) + "\n")

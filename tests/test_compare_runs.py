@@ -77,3 +77,16 @@ def test_the_report_readers_invert_its_writers(tmp_path):
     (tmp_path / "qrels.txt").write_text("\n".join(ev.trec_qrels_lines(qrels)) + "\n")
     assert ev.read_trec_run(tmp_path / "a.run") == run
     assert ev.read_trec_qrels(tmp_path / "qrels.txt") == qrels
+
+
+def test_slots_count_what_each_top_k_holds(tmp_path):
+    # q1 (E e1, S s1): A ranks s1, x, e1 -> top 2 holds S and unjudged; q2 (E e2, e3): A ranks e2 only
+    a = _eval_dir(tmp_path / "a", _run("q1", ["s1", "x", "e1"]) + _run("q2", ["e2"]))
+    # B ranks e1, s1 for q1 and e3, c9 (judged C for q3 only, so unjudged for q2) for q2
+    b = _eval_dir(tmp_path / "b", _run("q1", ["e1", "s1"]) + _run("q2", ["e3", "c9"]))
+    res = cr.main(cr.parse_args([str(a), str(b), "--bootstrap", "50", "--slots", "2"]))
+    # A: q1 S 1 + U 1, q2 E 1 (one slot empty); q3 has no E item and is not counted
+    assert res["slots"]["a"] == pytest.approx({"E": 0.5, "S": 0.5, "C": 0.0, "I": 0.0, "U": 0.5})
+    assert res["slots"]["b"] == pytest.approx({"E": 1.0, "S": 0.5, "C": 0.0, "I": 0.0, "U": 0.5})
+    assert cr.top_slots({"q1": ["s1", "x", "e1"]}, {"q1": {"e1": "E", "s1": "S"}}, 3) == \
+        pytest.approx({"E": 1.0, "S": 1.0, "C": 0.0, "I": 0.0, "U": 1.0})
