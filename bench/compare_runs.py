@@ -31,7 +31,7 @@ from common import ROOT  # noqa: F401,E402  (puts the project on sys.path)
 from cli import add_version_arg, run_cli  # noqa: E402
 from evaluate_trained_model import read_trec_qrels, read_trec_run, run_file  # noqa: E402
 from metrics import evaluate_run, paired_bootstrap_ci  # noqa: E402
-from paths import ESCI_GAINS  # noqa: E402
+from paths import ESCI_GAINS, ESCI_LABELS  # noqa: E402
 from utils import UserError  # noqa: E402
 
 METRICS = ("recall@10", "ndcg@10", "mrr")
@@ -68,7 +68,7 @@ def top_slots(run: dict, qrels: dict, k: int, relevant=("E",)) -> dict[str, floa
     judged E, S, C and I products and unjudged ones ("U"); the five add up to k where a run
     ranks at least k items for each query (a query the run misses counts 0 slots)."""
     scored = [q for q, j in qrels.items() if any(lab in relevant for lab in j.values())]
-    out = {lab: 0.0 for lab in ("E", "S", "C", "I", "U")}
+    out = {lab: 0.0 for lab in (*ESCI_LABELS, "U")}
     for q in scored:
         judged = qrels[q]
         for item in run.get(q, [])[:k]:
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> dict:
         print(f"\nWhat the top {args.slots} holds, slots per query: the query's judged E/S/C/I products, U = unjudged")
         print("| run | E | S | C | I | U |\n| --- | ---: | ---: | ---: | ---: | ---: |")
         for side in ("a", "b"):
-            print(f"| {side.upper()} | " + " | ".join(f"{res['slots'][side][lab]:.3f}" for lab in "ESCIU") + " |")
+            print(f"| {side.upper()} | " + " | ".join(f"{n:.3f}" for n in res["slots"][side].values()) + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2) + "\n")
