@@ -94,8 +94,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.slots > 0:
         res["slots"] = {"k": args.slots, "a": top_slots(run_a, qa, args.slots, tuple(args.relevant)),
                         "b": top_slots(run_b, qa, args.slots, tuple(args.relevant))}
-        print(f"\nWhat the top {args.slots} holds, slots per query: the query's judged E/S/C/I products, U = unjudged")
-        print("| run | E | S | C | I | U |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+        cols = list(res["slots"]["a"])  # top_slots' order: ESCI_LABELS, then U
+        print(f"\nWhat the top {args.slots} holds, slots per query: the query's judged "
+              f"{'/'.join(ESCI_LABELS)} products, U = unjudged")
+        print("| run | " + " | ".join(cols) + " |\n| --- |" + " ---: |" * len(cols))
         for side in ("a", "b"):
             print(f"| {side.upper()} | " + " | ".join(f"{n:.3f}" for n in res["slots"][side].values()) + " |")
     if args.out:
