@@ -1,4 +1,5 @@
-"""Query augmentation for training: realistic typing errors (train_two_tower.py --query-typos P).
+"""Query augmentation for training: realistic typing errors (train_two_tower.py --query-typos P), and
+title-span pseudo-queries for catalog products no judged query reaches (--pseudo-queries N).
 
 Real product-search queries are misspelled ("flourecent", "recesed"), and a model that has only seen
 clean queries treats a misspelling as another word. Typo-aware training (Zhuang & Zuccon, "Dealing
@@ -15,6 +16,14 @@ words such as "3/4", "60x72", "led" are never touched, since changing them chang
 `augment_queries(texts, p, rng)` edits each text with probability p. Deterministic for a given
 generator, so an epoch's queries are the same when a run resumes.
 
+Pseudo-queries (`pseudo_query_pairs`): the judged queries of a catalog touch a minority of its
+products (about a third on Home Depot). A product's title cut down to what a shopper might type
+(the part before " in "/" with "/" for "/" - ", parentheses dropped, a 2-4 word span, half the time
+the title's last words, where the product type usually is; edge stop words trimmed; sometimes the
+brand in front), lower-cased and paired with that product as an E positive, teaches the towers the
+rest of the catalog's vocabulary at stage 1 (domain adaptation without a generator model):
+"Everbilt 16 ft. x 20 ft. Brown Heavy Duty Tarp" -> "heavy duty tarp", "sink strainer".
+
 Example:
     python -c "import augment, numpy as np; print(augment.augment_queries(['recessed lighting'], 1.0, \\
                np.random.default_rng(0)))"
@@ -25,6 +34,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 _ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 
@@ -81,3 +91,45 @@ def augment_queries(texts: Sequence[str], p: float, rng: np.random.Generator) ->
         return list(texts)
     pick = rng.random(len(texts)) < p
     return [augment_query(t, rng) if c else t for t, c in zip(texts, pick)]
+
+
+# words a title span does not start or end with
+STOP = frozenset({"in", "in.", "with", "and", "or", "for", "x", "of", "the", "a", "&", "-", "to", "on"})
+PSEUDO_SEED = 0  # the spans are a function of the catalog alone: the same at every training --seed
+
+
+def title_span(title: str, rng: np.random.Generator) -> str | None:
+    """A shopper-like query cut from a product title, or None when the title has under 2 words."""
+    text = re.sub(r"\([^)]*\)", " ", str(title)).lower().replace(",", " ")
+    words = re.split(r"\s(?:in|with|for)\s|\s-\s", text)[0].split()
+    if len(words) < 2:
+        return None
+    k = min(int(rng.integers(2, 5)), len(words))
+    start = len(words) - k if rng.random() < 0.5 else int(rng.integers(0, len(words) - k + 1))
+    span = words[start:start + k]
+    while span and span[-1] in STOP:
+        span = span[:-1]
+    while span and span[0] in STOP:
+        span = span[1:]
+    if not span:
+        return None
+    if start > 0 and rng.random() < 0.2:
+        span = [words[0]] + span
+    return " ".join(span)
+
+
+def pseudo_query_pairs(product_ids: Sequence, product_texts: Sequence[str], n: int,
+                       seed: int = PSEUDO_SEED) -> pd.DataFrame:
+    """One pseudo-query positive for each of n products drawn without replacement (all of them when
+    n >= the catalog), as columns `pick` (position of the drawn product in the draw, 0..n-1; a
+    product whose title has no usable span is skipped, so positions can be missing), `query`,
+    `product_id`. Deterministic for (catalog, n, seed)."""
+    rng = np.random.default_rng(seed)
+    ids, texts = np.asarray(product_ids, dtype=object), list(product_texts)
+    pick = rng.choice(len(ids), size=min(int(n), len(ids)), replace=False) if len(ids) else np.zeros(0, int)
+    rows = []
+    for i, r in enumerate(pick):
+        q = title_span(texts[r], rng)
+        if q is not None:
+            rows.append((i, q, ids[r]))
+    return pd.DataFrame(rows, columns=["pick", "query", "product_id"])

@@ -112,11 +112,13 @@ class StageData:
 
     def __init__(self, data_dir: Path, split: str, stage: int, hard_negative_files: list[Path],
                  catalog_index: pd.Series, label_weights: dict[str, float] | None = None,
-                 focus: tuple[Path, int] | None = None):
+                 focus: tuple[Path, int] | None = None, extra_positives: pd.DataFrame | None = None):
         """label_weights overrides prepare's positive weights per ESCI label; weight 0 drops that
         label's positives (they stay judged positives: masked, never negatives). focus = (ranks
         file, k): train only on the positives that the mining model ranked beyond k in the whole
-        catalog (hard_negative_mining.py's positive ranks); the others stay judged positives too."""
+        catalog (hard_negative_mining.py's positive ranks); the others stay judged positives too.
+        extra_positives: more E positives (query_id, query, product_id) after the file's rows, e.g.
+        the pseudo-queries of --pseudo-queries, with query ids unlike the file's."""
         name = {"train": "training_pairs", "val": "val_pairs"}[split]
         path = require_file(data_dir / f"{name}.parquet", f"{split} pairs",
                             "run prepare_training_data.py first")
@@ -124,6 +126,9 @@ class StageData:
         pairs = read_parquet(path, cols, "re-run prepare_training_data.py")
         if pairs.empty:
             raise UserError(f"{path} has no rows; re-run prepare_training_data.py")
+        if extra_positives is not None and len(extra_positives):
+            pairs = pd.concat([pairs, extra_positives[["query_id", "query", "product_id"]].assign(
+                label=1.0, weight=1.0, neg_type="positive", stage=1, esci_label="E")], ignore_index=True)
         for f in hard_negative_files:
             hn = read_parquet(f, ["query_id", "query", "product_id"], "re-run hard_negative_mining.py")
             log.info("adding %s hard negatives from %s", f"{len(hn):,}", f)

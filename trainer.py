@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 import losses as L
-from augment import augment_queries
+from augment import augment_queries, pseudo_query_pairs
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, trim_step_log
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch, topic_clusters
@@ -45,6 +45,7 @@ class Trainer:
         if self.device.type == "cpu":
             widen_onednn_cache()  # before the first matmul: length groups meet thousands of shapes
         self.ckdir = args.checkpoint_dir
+        self.pseudo_count = 0  # stage 1's --pseudo-queries positives, for its stats
         d = args.data_dir
         self.products = load_catalog(d)
         self.catalog_index = pd.Series(np.arange(len(self.products)), index=self.products["product_id"].to_numpy())
@@ -145,8 +146,21 @@ class Trainer:
                                  f"re-run hard_negative_mining.py --output {files[0]} (it writes them), or pass "
                                  f"--focus-rank 0 to train on every positive")
             focus = (ranks, self.args.focus_rank)
+        extra = None
+        if split == "train" and stage == 1 and self.args.pseudo_queries:
+            extra = self.pseudo_queries()
         return StageData(self.args.data_dir, split, stage if split == "train" else 3, files, self.catalog_index,
-                         self.args.label_weights if split == "train" else None, focus)
+                         self.args.label_weights if split == "train" else None, focus, extra)
+
+    def pseudo_queries(self) -> pd.DataFrame:
+        """--pseudo-queries N: title-span queries of N catalog products (augment.py), each an E
+        positive of its product at stage 1, under query ids -1, -2, ... (prepare's are >= 0)."""
+        spans = pseudo_query_pairs(self.products["product_id"], self.products["product_text"], self.args.pseudo_queries)
+        spans = spans.assign(query_id=-1 - spans["pick"].to_numpy(np.int64))
+        log.info("stage 1: --pseudo-queries %d: %s title-span positives of catalog products (e.g. %s)",
+                 self.args.pseudo_queries, f"{len(spans):,}", ", ".join(repr(q) for q in spans["query"].head(3)))
+        self.pseudo_count = len(spans)
+        return spans
 
     def _judged_by_qidx(self, data: StageData) -> dict:
         """The judged E/S/C products that rows of each query must not treat as negatives, whatever
@@ -197,7 +211,8 @@ class Trainer:
         seconds = time.perf_counter() - t0
         result = {"stage": stage, "epochs": epoch - start_epoch, "steps": pos["step"], "seconds": round(seconds, 1),
                   "pairs_per_s": round(done[0] / max(seconds, 1e-9), 2),
-                  "improved_best": self.best.get("stage") == stage, "focus": st["data"].focus}
+                  "improved_best": self.best.get("stage") == stage, "focus": st["data"].focus,
+                  "positives": st["data"].counts["positives"], "pseudo_queries": self.pseudo_count if stage == 1 else 0}
         if stage > 1 and not result["improved_best"]:
             log.info("stage %d did not improve validation (%s); best_model.pt stays the stage-%s epoch-%s model",
                      stage, self.select, self.best.get("stage"), self.best.get("epoch"))

@@ -5,10 +5,10 @@ products_clean.parquet) and writes a copy of it in which training_pairs.parquet 
 stage-1 positives: a product's title cut down to what a shopper might type (the part before
 " in "/" with "/" for "/" - ", parentheses dropped, a 2-4 word span, half the time the title's last
 words, where the product type usually is; edge stop words trimmed; sometimes the brand in front),
-lower-cased, paired with that product as an E positive. The idea is domain adaptation: the judged
-queries touch about a third of a catalog, the spans teach the towers the rest of its vocabulary.
-Measured on Home Depot (docs/experiments.md): within noise of the default, at 1.7x stage 1's time,
-so the suite does not use it.
+lower-cased, paired with that product as an E positive (augment.py). The idea is domain
+adaptation: the judged queries touch about a third of a catalog, the spans teach the towers the
+rest of its vocabulary. The trainer makes the same spans itself (train_two_tower.py --pseudo-queries
+N); this tool writes them out, for a look at them or for training outside the workflow.
 
 Example (~1 s for the sample; then train stage 1 on OUT with train_two_tower.py --data-dir OUT):
     python bench/pseudo_queries.py --data-dir data --out /tmp/pq_data --n 2000
@@ -16,20 +16,18 @@ Example (~1 s for the sample; then train stage 1 on OUT with train_two_tower.py 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from common import ROOT  # noqa: F401,E402  (puts the project on sys.path)
 
+from augment import STOP, pseudo_query_pairs, title_span  # noqa: E402,F401  (STOP, title_span: tests)
 from cli import add_version_arg, run_cli  # noqa: E402
 from fileio import atomic_dir, load_catalog, load_prepared, write_json, write_parquet  # noqa: E402
 from utils import UserError, log  # noqa: E402
 
-STOP = frozenset({"in", "in.", "with", "and", "or", "for", "x", "of", "the", "a", "&", "-", "to", "on"})
 FIRST_ID = 10_000_000  # synthetic query ids start here, far above prepare's
 
 
@@ -44,38 +42,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def title_span(title: str, rng: np.random.Generator) -> str | None:
-    """A shopper-like query cut from a product title, or None when the title has under 2 words."""
-    text = re.sub(r"\([^)]*\)", " ", str(title)).lower().replace(",", " ")
-    words = re.split(r"\s(?:in|with|for)\s|\s-\s", text)[0].split()
-    if len(words) < 2:
-        return None
-    k = min(int(rng.integers(2, 5)), len(words))
-    start = len(words) - k if rng.random() < 0.5 else int(rng.integers(0, len(words) - k + 1))
-    span = words[start:start + k]
-    while span and span[-1] in STOP:
-        span = span[:-1]
-    while span and span[0] in STOP:
-        span = span[1:]
-    if not span:
-        return None
-    if start > 0 and rng.random() < 0.2:
-        span = [words[0]] + span
-    return " ".join(span)
-
-
 def pseudo_pairs(products: pd.DataFrame, like: pd.DataFrame, n: int, weight: float, seed: int) -> pd.DataFrame:
-    """Rows in training_pairs' schema (`like`): one E positive per sampled product with a usable span."""
-    rng = np.random.default_rng(seed)
-    pick = products.iloc[rng.choice(len(products), size=min(n, len(products)), replace=False)]
-    rows = []
-    for i, (pid, text) in enumerate(zip(pick["product_id"], pick["product_text"])):
-        q = title_span(text, rng)
-        if q is not None:
-            rows.append({"query_id": FIRST_ID + i, "query": q, "product_id": pid, "product_text": text,
-                         "label": 1.0, "weight": weight, "esci_label": "E", "neg_type": "positive",
-                         "split": "train", "stage": 1})
-    out = pd.DataFrame(rows, columns=list(like.columns))
+    """Rows in training_pairs' schema (`like`): one E positive per sampled product with a usable span
+    (augment.pseudo_query_pairs, the spans train_two_tower.py --pseudo-queries trains on)."""
+    spans = pseudo_query_pairs(products["product_id"], products["product_text"], n, seed)
+    text = products.set_index("product_id")["product_text"]
+    out = pd.DataFrame({"query_id": FIRST_ID + spans["pick"].to_numpy(), "query": spans["query"],
+                        "product_id": spans["product_id"], "product_text": text.reindex(spans["product_id"]).to_numpy(),
+                        "label": 1.0, "weight": weight, "esci_label": "E", "neg_type": "positive",
+                        "split": "train", "stage": 1}, columns=list(like.columns))
     return out.astype({c: like[c].dtype for c in like.columns})
 
 

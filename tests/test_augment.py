@@ -1,5 +1,7 @@
-"""augment.py: realistic typing errors for training queries, on hand-made words."""
+"""augment.py: realistic typing errors for training queries, and title-span pseudo-queries, on hand-made
+words and titles."""
 import numpy as np
+import pandas as pd
 import pytest
 
 import augment as A
@@ -36,3 +38,24 @@ def test_rate_and_determinism():
     changed = sum(x != y for x, y in zip(a, qs)) / len(qs)
     assert changed == pytest.approx(0.3, abs=0.04)
     assert A.augment_queries(qs, 0.0, np.random.default_rng(7)) == qs
+
+
+CATALOG = pd.DataFrame({"product_id": ["p1", "p2", "p3", "p4"],
+                        "product_text": ["Delta Vero 1-Handle Shower Faucet Trim Kit in Chrome (Valve Not Included)",
+                                         "Hammer", "Everbilt 16 ft. x 20 ft. Brown Heavy Duty Tarp",
+                                         "Glacier Bay Sink Strainer in Stainless Steel"]})
+
+
+def test_pseudo_query_pairs_are_spans_of_their_own_products_titles_and_repeat_for_a_seed():
+    out = A.pseudo_query_pairs(CATALOG["product_id"], CATALOG["product_text"], 10)
+    assert list(out.columns) == ["pick", "query", "product_id"]
+    assert set(out["product_id"]) == {"p1", "p3", "p4"}  # all drawn (n >= catalog); "Hammer" has one word
+    assert out["pick"].is_unique and out["pick"].between(0, 3).all()
+    title = CATALOG.set_index("product_id")["product_text"].str.lower()
+    for q, pid in zip(out["query"], out["product_id"]):
+        assert all(w in title[pid] for w in q.split()), (q, pid)
+    again = A.pseudo_query_pairs(CATALOG["product_id"], CATALOG["product_text"], 10)
+    assert out.equals(again)  # the default seed: the same spans whatever the training seed
+    assert len(A.pseudo_query_pairs(CATALOG["product_id"], CATALOG["product_text"], 2)) <= 2
+    assert A.pseudo_query_pairs(CATALOG["product_id"], CATALOG["product_text"], 0).empty
+    assert A.pseudo_query_pairs([], [], 5).empty

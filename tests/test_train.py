@@ -850,3 +850,23 @@ def test_focus_rank_is_stage_3_s_default_and_needs_mined_ranks(data_dir, tmp_pat
     with pytest.raises(UserError, match="positive ranks.*--focus-rank 0"):
         tt.main(tt.parse_args(_argv(data_dir, tmp_path / "ck50", tiny_encoder_dir, "--stage", "3", "--epochs", "1",
                                     "--overwrite")))
+
+
+def test_pseudo_queries_add_stage_1_positives_and_change_training(data_dir, tmp_path, tiny_encoder_dir):
+    """--pseudo-queries N: stage 1 trains on the judged positives plus up to N title-span positives."""
+    ref, ck = tmp_path / "ref", tmp_path / "ck"
+    one = ["--stage", "1", "--max-steps", "1", "--epochs", "1"]
+    m0 = tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, *one)))
+    m1 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *one, "--pseudo-queries", "40")))
+    s0, s1 = m0["stages"][0], m1["stages"][0]
+    assert s0["pseudo_queries"] == 0 and 20 <= s1["pseudo_queries"] <= 40  # a few titles have no 2-word span
+    assert s1["positives"] == s0["positives"] + s1["pseudo_queries"]
+    assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)  # other batches
+    assert torch.load(ck / "stage1.pt", weights_only=True)["config"]  # a normal checkpoint
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
+    pairs[pairs["label"] == 0].head(20).to_parquet(hard_negatives_path(data_dir, 2))
+    m2 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1",
+                                     "--pseudo-queries", "40")))
+    assert m2["stages"][-1]["stage"] == 2 and m2["stages"][-1]["pseudo_queries"] == 0  # stage 1 only
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--stage", "1", "--pseudo-queries", "-1"])
