@@ -133,11 +133,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="each epoch, give a fraction P of the training queries one realistic typing error "
                         "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")
     p.add_argument("--pseudo-queries", type=NONNEG_INT, default=0, metavar="N",
-                   help="stage 1 also trains on title-span pseudo-queries of up to N catalog products that no "
-                        "training query has as a positive (augment.py: a 2-4 word span of a product's title, e.g. "
-                        "'heavy duty tarp', as an E positive of that product), so the towers learn the vocabulary "
-                        "of the products no judged query reaches; the same spans at every --seed; stages 2-3 "
-                        "ignore it (docs/experiments.md); 0 = off")
+                   help="stage 1 also trains on title-span pseudo-queries of N catalog products (augment.py: a "
+                        "2-4 word span of a product's title, e.g. 'heavy duty tarp', as an E positive of that "
+                        "product), so the towers learn the vocabulary of the products no judged query reaches; "
+                        "the same spans at every --seed; stages 2-3 ignore it. Home Depot: 20000 (a third of its "
+                        "catalog) gave +0.0053 Recall@10 on three seeds at 1.9x stage 1's time "
+                        "(docs/experiments.md); 0 = off")
     p.add_argument("--lexical-distill", type=NONNEG_FLOAT, default=0.0, metavar="BETA",
                    help="add KL(teacher || student) over each row's batch candidates, the teacher being the "
                         "student's own softmax with BETA x the candidate's BM25 score (row max = 1) added to its "

@@ -153,18 +153,12 @@ class Trainer:
                          self.args.label_weights if split == "train" else None, focus, extra)
 
     def pseudo_queries(self) -> pd.DataFrame:
-        """--pseudo-queries N: title-span queries of up to N catalog products that no training query
-        has as a positive (augment.py), each an E positive of its product at stage 1, under query
-        ids -1, -2, ... (prepare's are >= 0). Only the training split decides what is reached, so
-        the validation and test judgements play no part."""
-        pairs = load_prepared(self.args.data_dir, "training_pairs", ["product_id", "label"])
-        reached = self.products["product_id"].isin(pairs.loc[pairs["label"] > 0, "product_id"])
-        unreached = self.products[~reached.to_numpy()]
-        spans = pseudo_query_pairs(unreached["product_id"], unreached["product_text"], self.args.pseudo_queries)
+        """--pseudo-queries N: title-span queries of N catalog products (augment.py), each an E
+        positive of its product at stage 1, under query ids -1, -2, ... (prepare's are >= 0)."""
+        spans = pseudo_query_pairs(self.products["product_id"], self.products["product_text"], self.args.pseudo_queries)
         spans = spans.assign(query_id=-1 - spans["pick"].to_numpy(np.int64))
-        log.info("stage 1: --pseudo-queries %d: %s title-span positives of the %s catalog products no training "
-                 "query has as a positive (e.g. %s)", self.args.pseudo_queries, f"{len(spans):,}",
-                 f"{len(unreached):,}", ", ".join(repr(q) for q in spans["query"].head(3)))
+        log.info("stage 1: --pseudo-queries %d: %s title-span positives of catalog products (e.g. %s)",
+                 self.args.pseudo_queries, f"{len(spans):,}", ", ".join(repr(q) for q in spans["query"].head(3)))
         self.pseudo_count = len(spans)
         return spans
 

@@ -861,13 +861,9 @@ def test_pseudo_queries_add_stage_1_positives_and_change_training(data_dir, tmp_
     s0, s1 = m0["stages"][0], m1["stages"][0]
     assert s0["pseudo_queries"] == 0 and 20 <= s1["pseudo_queries"] <= 40  # a few titles have no 2-word span
     assert s1["positives"] == s0["positives"] + s1["pseudo_queries"]
-    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
-    reached = set(pairs.loc[pairs["label"] > 0, "product_id"])
-    spans = TR.Trainer(tt.parse_args(_argv(data_dir, tmp_path / "t", tiny_encoder_dir, *one, "--pseudo-queries",
-                                           "40")), 0, 1).pseudo_queries()
-    assert len(spans) == s1["pseudo_queries"] and not reached & set(spans["product_id"])  # unreached products only
     assert _first_losses(ck)[0] != pytest.approx(_first_losses(ref)[0], abs=1e-6)  # other batches
     assert torch.load(ck / "stage1.pt", weights_only=True)["config"]  # a normal checkpoint
+    pairs = pd.read_parquet(data_dir / "training_pairs.parquet")
     pairs[pairs["label"] == 0].head(20).to_parquet(hard_negatives_path(data_dir, 2))
     m2 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "2", "--max-steps", "1",
                                      "--pseudo-queries", "40")))
