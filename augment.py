@@ -22,7 +22,11 @@ products (about a third on Home Depot). A product's title cut down to what a sho
 the title's last words, where the product type usually is; edge stop words trimmed; sometimes the
 brand in front), lower-cased and paired with that product as an E positive, teaches the towers the
 rest of the catalog's vocabulary at stage 1 (domain adaptation without a generator model):
-"Everbilt 16 ft. x 20 ft. Brown Heavy Duty Tarp" -> "heavy duty tarp", "sink strainer".
+"Everbilt 16 ft. x 20 ft. Brown Heavy Duty Tarp" -> "heavy duty tarp", "sink strainer". The products
+are drawn uniformly: on Home Depot the test queries whose own products got a span gained no more
+than the others (docs/experiments.md), so the spans work as more stage-1 training on the catalog's
+language, not by reaching particular products; a draw that favours unreached products is not
+expected to help (not tried).
 
 Example:
     python -c "import augment, numpy as np; print(augment.augment_queries(['recessed lighting'], 1.0, \\
