@@ -25,8 +25,8 @@ rest of the catalog's vocabulary at stage 1 (domain adaptation without a generat
 "Everbilt 16 ft. x 20 ft. Brown Heavy Duty Tarp" -> "heavy duty tarp", "sink strainer". The products
 are drawn uniformly: on Home Depot the test queries whose own products got a span gained no more
 than the others (docs/experiments.md), so the spans work as more stage-1 training on the catalog's
-language, not by reaching particular products; a draw that favours unreached products is not
-expected to help (not tried).
+language, not by reaching particular products (a draw from never-reached products only did no
+better than this one).
 
 Example:
     python -c "import augment, numpy as np; print(augment.augment_queries(['recessed lighting'], 1.0, \\
