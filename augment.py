@@ -1,5 +1,5 @@
 """Query augmentation for training: realistic typing errors (train_two_tower.py --query-typos P), and
-title-span pseudo-queries for stage 1 (--pseudo-queries N; by default a third of the catalog).
+title-span pseudo-queries for catalog products no judged query reaches (--pseudo-queries N).
 
 Real product-search queries are misspelled ("flourecent", "recesed"), and a model that has only seen
 clean queries treats a misspelling as another word. Typo-aware training (Zhuang & Zuccon, "Dealing
@@ -100,7 +100,6 @@ def augment_queries(texts: Sequence[str], p: float, rng: np.random.Generator) ->
 
 # words a title span does not start or end with
 STOP = frozenset({"in", "in.", "with", "and", "or", "for", "x", "of", "the", "a", "&", "-", "to", "on"})
-PSEUDO_FRACTION = 1 / 3  # --pseudo-queries auto: spans of a third of the catalog's products
 PSEUDO_SEED = 0  # the spans are a function of the catalog alone: the same at every training --seed
 
 
@@ -122,12 +121,6 @@ def title_span(title: str, rng: np.random.Generator) -> str | None:
     if start > 0 and rng.random() < 0.2:
         span = [words[0]] + span
     return " ".join(span)
-
-
-def pseudo_query_count(n: int | str, catalog_size: int) -> int:
-    """Products to cut spans from: --pseudo-queries N as given, or for 'auto' a third of the catalog
-    (Home Depot: 18,222 of 54,667; the measured N of 15,000 and 20,000 bracket it)."""
-    return int(catalog_size * PSEUDO_FRACTION) if n == "auto" else int(n)
 
 
 def pseudo_query_pairs(product_ids: Sequence, product_texts: Sequence[str], n: int,

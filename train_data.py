@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,20 +192,6 @@ class StageData:
         log.info("--focus-rank %d: %s of %s positives, those the mining model ranks beyond %d (%s)", k,
                  f"{len(kept):,}", f"{len(pos):,}", k, ranks_file.name)
         return kept
-
-
-def stage_epoch_pairs(stage: int, positives: int, pseudo: int, epoch_pairs: int | None,
-                      pseudo_budget: float | None) -> int | None:
-    """Positives an epoch of the stage trains on (None = all of them). --epoch-pairs caps every
-    stage; with pseudo-queries, --pseudo-budget F also caps stage 1 at F x its judged positives,
-    drawn afresh each epoch from the judged and the span positives together, so the spans cost at
-    most (F - 1) x stage 1's time (Home Depot: 1.3 x 23,374 judged = 30,387 of 41,524 an epoch)."""
-    if stage != 1 or not pseudo or pseudo_budget is None:
-        return epoch_pairs
-    cap = math.ceil(pseudo_budget * (positives - pseudo))
-    if cap >= positives:
-        return epoch_pairs
-    return cap if epoch_pairs is None else min(cap, epoch_pairs)
 
 
 def plan_epoch(data: StageData, product_lengths: np.ndarray, batch_size: int, n_neg: int, seed: int,

@@ -9,10 +9,9 @@ progress.json mirror, train_log.jsonl (one line per step), train_metrics.json, t
 
 Stages (CHAPTER2_README "Training Stages"); the workflow runs mining between them
 (run_workflow.sh: stage 1 -> mine -> stage 2 -> mine -> stage 3):
-  1: epoch 1, E+S positives, in-batch negatives only (symmetric InfoNCE), lr 2e-5, plus title-span
-     pseudo-queries of a third of the catalog (--pseudo-queries auto), the epoch capped at 1.3x the
-     judged positives (--pseudo-budget). One pass: the plan's second (--epochs 2) costs 15% of a
-     Home Depot workflow and changed no data set's quality beyond its noise (docs/experiments.md)
+  1: epoch 1, E+S positives, in-batch negatives only (symmetric InfoNCE), lr 2e-5. One pass:
+     the plan's second (--epochs 2) costs 15% of a Home Depot workflow and changed no data set's
+     quality beyond its noise (docs/experiments.md)
   2: epoch 2, adds one hard negative per positive, mined with the stage-1 model, lr 2e-5
   3: epoch 3, adds C positives (weights E 1.0 / S 0.9 / C 0.6) and the hard negatives mined
      with the stage-2 model, lr / 10, on the edge cases only: the positives the stage-2 model
@@ -52,16 +51,6 @@ from utils import UserError, init_distributed, is_main_process, log, set_seed
 def batch_size_arg(text: str) -> int | str:
     """--batch-size: 'auto' or an integer >= 2."""
     return "auto" if text == "auto" else int_range(2)(text)
-
-
-def pseudo_queries_arg(text: str) -> int | str:
-    """--pseudo-queries: 'auto' or an integer >= 0."""
-    return "auto" if text == "auto" else NONNEG_INT(text)
-
-
-def pseudo_budget_arg(text: str) -> float | None:
-    """--pseudo-budget: 'off' (None) or a number >= 1."""
-    return None if text == "off" else float_range(1.0)(text)
 
 
 def focus_rank_arg(text: str) -> int | str:
@@ -143,18 +132,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--query-typos", type=float_range(0.0, 1.0), default=0.0, metavar="P",
                    help="each epoch, give a fraction P of the training queries one realistic typing error "
                         "(augment.py: swap, drop, double, keyboard neighbour; validation stays clean)")
-    p.add_argument("--pseudo-queries", type=pseudo_queries_arg, default="auto", metavar="N",
+    p.add_argument("--pseudo-queries", type=NONNEG_INT, default=0, metavar="N",
                    help="stage 1 also trains on title-span pseudo-queries of N catalog products (augment.py: a "
                         "2-4 word span of a product's title, e.g. 'heavy duty tarp', as an E positive of that "
-                        "product), so the towers learn more of the catalog's language than the judged queries "
-                        "reach; the same spans at every --seed; stages 2-3 ignore it. auto (default) = a third of "
-                        "the catalog; 0 = off. Home Depot: +0.0035 Recall@10 over five seeds with --pseudo-budget "
-                        "(docs/experiments.md)")
-    p.add_argument("--pseudo-budget", type=pseudo_budget_arg, default=1.3, metavar="F",
-                   help="with pseudo-queries, each stage-1 epoch trains on at most F x the judged positives, drawn "
-                        "afresh each epoch from the judged and span positives together, so the spans cost at most "
-                        "(F - 1) x stage 1's time (default 1.3: about 1.5 minutes on Home Depot); off = every "
-                        "judged and span positive an epoch (uncapped: 1.9x stage 1's time)")
+                        "product), so the towers learn the vocabulary of the products no judged query reaches; "
+                        "the same spans at every --seed; stages 2-3 ignore it. Home Depot: 20000 (a third of its "
+                        "catalog) gave +0.0052 Recall@10 on four seeds at 1.9x stage 1's time, 10000 nothing "
+                        "(docs/experiments.md); 0 = off")
     p.add_argument("--lexical-distill", type=NONNEG_FLOAT, default=0.0, metavar="BETA",
                    help="add KL(teacher || student) over each row's batch candidates, the teacher being the "
                         "student's own softmax with BETA x the candidate's BM25 score (row max = 1) added to its "

@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 
 import losses as L
-from augment import augment_queries, pseudo_query_count, pseudo_query_pairs
+from augment import augment_queries, pseudo_query_pairs
 from checkpoint import load_train_state, read_progress, save_train_state, set_rng_state, trim_step_log
 from metrics import evaluate_run
-from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch, stage_epoch_pairs, topic_clusters
+from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch, topic_clusters
 from train_embed import autocast, embed_global
 from train_ops import make_optimizer, set_dropout, use_fast_dropout
 from train_parts import (SELECT, auto_batch_size, best_of, better, ignored_model_flags, judged_sets, loss_inputs,
@@ -46,7 +46,6 @@ class Trainer:
             widen_onednn_cache()  # before the first matmul: length groups meet thousands of shapes
         self.ckdir = args.checkpoint_dir
         self.pseudo_count = 0  # stage 1's --pseudo-queries positives, for its stats
-        self.epoch_pairs = args.epoch_pairs  # the running stage's positives an epoch (stage_epoch_pairs)
         d = args.data_dir
         self.products = load_catalog(d)
         self.catalog_index = pd.Series(np.arange(len(self.products)), index=self.products["product_id"].to_numpy())
@@ -154,15 +153,12 @@ class Trainer:
                          self.args.label_weights if split == "train" else None, focus, extra)
 
     def pseudo_queries(self) -> pd.DataFrame:
-        """--pseudo-queries N: title-span queries of N catalog products (augment.py; auto = a third of
-        the catalog), each an E positive of its product at stage 1, under query ids -1, -2, ...
-        (prepare's are >= 0)."""
-        n = pseudo_query_count(self.args.pseudo_queries, len(self.products))
-        spans = pseudo_query_pairs(self.products["product_id"], self.products["product_text"], n)
+        """--pseudo-queries N: title-span queries of N catalog products (augment.py), each an E
+        positive of its product at stage 1, under query ids -1, -2, ... (prepare's are >= 0)."""
+        spans = pseudo_query_pairs(self.products["product_id"], self.products["product_text"], self.args.pseudo_queries)
         spans = spans.assign(query_id=-1 - spans["pick"].to_numpy(np.int64))
-        log.info("stage 1: --pseudo-queries %s (%s products): %s title-span positives of catalog products (e.g. %s)",
-                 self.args.pseudo_queries, f"{n:,}", f"{len(spans):,}",
-                 ", ".join(repr(q) for q in spans["query"].head(3)))
+        log.info("stage 1: --pseudo-queries %d: %s title-span positives of catalog products (e.g. %s)",
+                 self.args.pseudo_queries, f"{len(spans):,}", ", ".join(repr(q) for q in spans["query"].head(3)))
         self.pseudo_count = len(spans)
         return spans
 
@@ -216,8 +212,7 @@ class Trainer:
         result = {"stage": stage, "epochs": epoch - start_epoch, "steps": pos["step"], "seconds": round(seconds, 1),
                   "pairs_per_s": round(done[0] / max(seconds, 1e-9), 2),
                   "improved_best": self.best.get("stage") == stage, "focus": st["data"].focus,
-                  "positives": st["data"].counts["positives"], "pseudo_queries": self.pseudo_count if stage == 1 else 0,
-                  "epoch_pairs": min(self.epoch_pairs or st["data"].counts["positives"], st["data"].counts["positives"])}
+                  "positives": st["data"].counts["positives"], "pseudo_queries": self.pseudo_count if stage == 1 else 0}
         if stage > 1 and not result["improved_best"]:
             log.info("stage %d did not improve validation (%s); best_model.pt stays the stage-%s epoch-%s model",
                      stage, self.select, self.best.get("stage"), self.best.get("epoch"))
@@ -255,12 +250,7 @@ class Trainer:
         p_tok = self._p_tok[key]
         epochs = a.epochs or STAGES[stage]["epochs"]
         self.batch_size = a.batch_size
-        self.epoch_pairs = stage_epoch_pairs(stage, len(data.pos_q), self.pseudo_count if stage == 1 else 0,
-                                             a.epoch_pairs, a.pseudo_budget)
-        per_epoch = min(self.epoch_pairs or len(data.pos_q), len(data.pos_q))
-        if stage == 1 and self.epoch_pairs and self.epoch_pairs != a.epoch_pairs:
-            log.info("stage 1: --pseudo-budget %g: %s of the %s judged and span positives an epoch, drawn afresh each "
-                     "epoch", a.pseudo_budget, f"{per_epoch:,}", f"{len(data.pos_q):,}")
+        per_epoch = min(a.epoch_pairs or len(data.pos_q), len(data.pos_q))
         if a.batch_size == "auto":
             self.batch_size = auto_batch_size(per_epoch, self.world)
             log.info("stage %d: batch size %d (auto: %s positives per epoch)", stage, self.batch_size, f"{per_epoch:,}")
@@ -311,7 +301,7 @@ class Trainer:
     def _plan(self, data: StageData, p_tok: TokenStore, epoch: int) -> list[Batch]:
         a = self.args
         return plan_epoch(data, p_tok.lengths, self.batch_size, a.negatives, a.seed, epoch, a.bucket_batches,
-                          self.epoch_pairs, a.distinct_queries, self._topics)
+                          a.epoch_pairs, a.distinct_queries, self._topics)
 
     def _train_epoch(self, model, st: dict, batches: list[Batch], start: int, pos: dict, epoch: int, t0: float,
                      done: list) -> None:

@@ -59,9 +59,3 @@ def test_pseudo_query_pairs_are_spans_of_their_own_products_titles_and_repeat_fo
     assert len(A.pseudo_query_pairs(CATALOG["product_id"], CATALOG["product_text"], 2)) <= 2
     assert A.pseudo_query_pairs(CATALOG["product_id"], CATALOG["product_text"], 0).empty
     assert A.pseudo_query_pairs([], [], 5).empty
-
-
-def test_pseudo_query_count_auto_is_a_third_of_the_catalog():
-    assert A.pseudo_query_count("auto", 54_667) == 18_222
-    assert A.pseudo_query_count("auto", 2) == 0
-    assert A.pseudo_query_count(40, 54_667) == 40

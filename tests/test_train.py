@@ -1,6 +1,5 @@
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -857,7 +856,7 @@ def test_pseudo_queries_add_stage_1_positives_and_change_training(data_dir, tmp_
     """--pseudo-queries N: stage 1 trains on the judged positives plus up to N title-span positives."""
     ref, ck = tmp_path / "ref", tmp_path / "ck"
     one = ["--stage", "1", "--max-steps", "1", "--epochs", "1"]
-    m0 = tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, *one, "--pseudo-queries", "0")))
+    m0 = tt.main(tt.parse_args(_argv(data_dir, ref, tiny_encoder_dir, *one)))
     m1 = tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, *one, "--pseudo-queries", "40")))
     s0, s1 = m0["stages"][0], m1["stages"][0]
     assert s0["pseudo_queries"] == 0 and 20 <= s1["pseudo_queries"] <= 40  # a few titles have no 2-word span
@@ -871,37 +870,3 @@ def test_pseudo_queries_add_stage_1_positives_and_change_training(data_dir, tmp_
     assert m2["stages"][-1]["stage"] == 2 and m2["stages"][-1]["pseudo_queries"] == 0  # stage 1 only
     with pytest.raises(SystemExit):
         tt.parse_args(["--stage", "1", "--pseudo-queries", "-1"])
-
-
-def test_stage_epoch_pairs_caps_stage_1_with_spans_at_the_budget():
-    from train_data import stage_epoch_pairs
-    assert stage_epoch_pairs(1, 43_295, 19_921, None, 1.3) == 30_387  # ceil(1.3 x 23,374 judged)
-    assert stage_epoch_pairs(1, 43_295, 19_921, 1024, 1.3) == 1024  # --epoch-pairs caps too
-    assert stage_epoch_pairs(1, 43_295, 19_921, None, None) is None  # --pseudo-budget off
-    assert stage_epoch_pairs(1, 43_295, 0, None, 1.3) is None  # no spans, no budget
-    assert stage_epoch_pairs(2, 23_374, 19_921, 5000, 1.3) == 5000  # stages 2-3: --epoch-pairs only
-    assert stage_epoch_pairs(1, 110, 10, None, 1.3) is None  # the cap (130) is above every positive
-    assert tt.parse_args(["--stage", "1", "--pseudo-budget", "off"]).pseudo_budget is None
-    for bad in ("0.9", "x"):
-        with pytest.raises(SystemExit):
-            tt.parse_args(["--stage", "1", "--pseudo-budget", bad])
-
-
-def test_default_stage_1_trains_on_spans_of_a_third_of_the_catalog_within_the_budget(data_dir, tmp_path,
-                                                                                    tiny_encoder_dir):
-    """The defaults --pseudo-queries auto and --pseudo-budget 1.3: spans of a third of the catalog's
-    products, and each epoch 1.3 x the judged positives of judged and span rows together (fewer
-    steps than --pseudo-budget off, more than --pseudo-queries 0)."""
-    products = len(pd.read_parquet(data_dir / "products_clean.parquet"))
-    one = ["--stage", "1", "--epochs", "1"]
-    runs = {}
-    for name, extra in [("default", []), ("off", ["--pseudo-budget", "off"]), ("none", ["--pseudo-queries", "0"])]:
-        m = tt.main(tt.parse_args(_argv(data_dir, tmp_path / name, tiny_encoder_dir, *one, *extra)))
-        runs[name] = m["stages"][0]
-    d, off, none = runs["default"], runs["off"], runs["none"]
-    assert none["pseudo_queries"] == 0 and none["epoch_pairs"] == none["positives"]
-    assert 0.8 * (products // 3) <= d["pseudo_queries"] <= products // 3  # a few titles have no span
-    assert d["positives"] == none["positives"] + d["pseudo_queries"] == off["positives"]
-    assert d["epoch_pairs"] == math.ceil(1.3 * none["positives"]) < d["positives"] == off["epoch_pairs"]
-    assert [r["steps"] for r in (none, d, off)] == [math.ceil(r["epoch_pairs"] / 8) for r in (none, d, off)]
-    assert none["steps"] < d["steps"] < off["steps"]
