@@ -137,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "2-4 word span of a product's title, e.g. 'heavy duty tarp', as an E positive of that "
                         "product), so the towers learn the vocabulary of the products no judged query reaches; "
                         "the same spans at every --seed; stages 2-3 ignore it. Home Depot: 20000 (a third of its "
-                        "catalog) gave +0.0052 Recall@10 on four seeds at 1.9x stage 1's time, 10000 nothing "
+                        "catalog) gave +0.0052 Recall@10 on four seeds at 1.9x stage 1's time with one draw "
+                        "of spans; other draws or cuts gained less (up to 0.005 apart at one seed); 10000 nothing "
                         "(docs/experiments.md); 0 = off")
     p.add_argument("--lexical-distill", type=NONNEG_FLOAT, default=0.0, metavar="BETA",
                    help="add KL(teacher || student) over each row's batch candidates, the teacher being the "
