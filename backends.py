@@ -8,11 +8,12 @@
   max lengths are the model's own (`TwoTowerModel.padded_batches`), so only the arithmetic differs.
 - `onnx`: the product tower exported once per run by PyTorch's own ONNX exporter (onnx_export.py,
   the graph `export_model.py --format onnx` writes) and run by ONNX Runtime's CPU provider, fp32.
-- `auto` (default): `openvino` on a CPU with native bf16 when the package is installed, `torch`
-  otherwise. The rule comes from `bench/bench_encode.py` (README "Benchmarks"): on AVX-512 + AMX
-  bf16, OpenVINO bf16 is several times faster than torch with Recall@10 / NDCG@10 within 1% of
-  torch fp32; on AVX2-only CPUs OpenVINO fp32 gains nothing over torch (reference measurement:
-  1.02x), so torch stays.
+- `auto` (default): `openvino` on an x86 CPU with AVX2 or better when the package is installed,
+  `torch` otherwise (GPUs, other CPUs). The rule comes from `bench/bench_encode.py` and phase-scale
+  A/Bs (docs/benchmarks.md, "Catalog encoding"): with native bf16 OpenVINO bf16 is several times
+  faster than torch with Recall@10 / NDCG@10 within 1% of torch fp32; on an AVX2-only CPU
+  OpenVINO fp32 encodes 1.2x as many Home Depot titles a second as torch fp32 since the
+  throughput hint below, with the same embeddings (cosine >= 0.9999997).
 
 Each backend's embeddings are cached separately (`backend_key` is part of the cache key), so a
 catalog encoded by one is never served as the other's.
@@ -56,7 +57,13 @@ def resolve_backend(name: str, device) -> str:
         if not openvino_available():
             raise UserError("--backend openvino needs the openvino package: pip install -r requirements.txt")
         return "openvino"
-    return "openvino" if on_cpu and openvino_available() and bf16_supported(device) else "torch"
+    return "openvino" if on_cpu and openvino_available() and (bf16_supported(device) or x86_simd()) else "torch"
+
+
+def x86_simd() -> bool:
+    """The CPU is x86 with AVX2 or AVX-512, where OpenVINO fp32 was measured faster than torch."""
+    import torch
+    return torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512"))
 
 
 def backend_key(backend: str, device) -> str:
