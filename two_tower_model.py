@@ -373,8 +373,9 @@ def add_model_source_args(p: argparse.ArgumentParser, default_checkpoint: Path |
     g.add_argument("--device", default="auto")
     g.add_argument("--encode-batch-size", type=POSITIVE_INT, default=64, help="products per encode batch")
     g.add_argument("--backend", choices=["auto", "torch", "openvino", "onnx"], default="auto",
-                   help="engine of the catalog encode (backends.py): auto = openvino on a CPU with native bf16 "
-                        "when installed, else torch (measured by bench/bench_encode.py: docs/benchmarks.md); "
+                   help="engine of the catalog encode (backends.py): auto = openvino on an x86 CPU with AVX2 or "
+                        "better when installed (bf16 where native, else fp32), else torch (measured by "
+                        "bench/bench_encode.py: docs/benchmarks.md); "
                         "onnx = ONNX Runtime fp32")
     add_alias(p, "--batch-size", "--encode-batch-size")
 
