@@ -12,8 +12,9 @@
   `torch` otherwise (GPUs, other CPUs). The rule comes from `bench/bench_encode.py` and phase-scale
   A/Bs (docs/benchmarks.md, "Catalog encoding"): with native bf16 OpenVINO bf16 is several times
   faster than torch with Recall@10 / NDCG@10 within 1% of torch fp32; on an AVX2-only CPU
-  OpenVINO fp32 encodes 1.2x as many Home Depot titles a second as torch fp32 since the
-  throughput hint below, with the same embeddings (cosine >= 0.9999997).
+  OpenVINO fp32 encodes 1.1-1.2x as many products a second as torch fp32 since the throughput
+  hint below (1.08x and 1.16x for a whole Home Depot catalog, 1.23x on the sample's texts), with
+  the same embeddings (cosine >= 0.9999997).
 
 Each backend's embeddings are cached separately (`backend_key` is part of the cache key), so a
 catalog encoded by one is never served as the other's.

@@ -29,7 +29,7 @@ def test_backend_choice_rule(monkeypatch):
     monkeypatch.setattr(B, "openvino_available", lambda: True)
     monkeypatch.setattr(B, "bf16_supported", lambda d: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert B.resolve_backend("auto", cpu) == "openvino"  # AVX2-only: OpenVINO fp32 is 1.2x torch (measured)
+    assert B.resolve_backend("auto", cpu) == "openvino"  # AVX2-only: OpenVINO fp32 beats torch (measured)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert B.resolve_backend("auto", cpu) == "torch"  # no AVX2 (e.g. ARM): not measured, torch stays
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
