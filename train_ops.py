@@ -18,8 +18,10 @@ expected value of every activation is the same. Checkpoints do not see it: a mod
 is recorded when the model is built, and a checkpoint loads with the default attention.
 
 Also here, the two other settings the trainer applies to the model's training on any device:
-`set_dropout(model, p)` (--dropout) and `make_optimizer` (AdamW with the fused kernel on CPU and
-CUDA: 5x faster a step on the CPU than the multi-tensor default, bench/bench_optimizer.py).
+`set_dropout(model, p)` (--dropout), `freeze_lower_layers(model, k)` (--freeze-layers: the embeddings
+and the lowest k layers stay fixed, so backward stops above them) and `make_optimizer` (AdamW with the
+fused kernel on CPU and CUDA: 5x faster a step on the CPU than the multi-tensor default,
+bench/bench_optimizer.py).
 
 Example (CPU, seconds):
     from two_tower_model import TwoTowerModel
@@ -30,6 +32,8 @@ Example (CPU, seconds):
 from __future__ import annotations
 
 import torch
+
+from utils import UserError
 
 ATTENTION = "ttsn_train"
 _LANES = 4  # 16-bit lanes in one 64-bit random word
@@ -139,6 +143,32 @@ def set_dropout(model: torch.nn.Module, p: float) -> int:
     for m in layers:
         m.p = p
     return len(layers)
+
+
+def freeze_lower_layers(model: torch.nn.Module, k: int) -> int:
+    """Keep the embeddings and the lowest k transformer layers of every HF encoder inside `model` at
+    their weights (requires_grad False); returns how many parameters that fixes. Autograd then
+    stops at layer k: the frozen layers run forward only, and the optimizer never sees them. k = 0
+    changes nothing. A k at or above an encoder's layer count is refused: nothing would train."""
+    from transformers import PreTrainedModel
+    if k <= 0:
+        return 0
+    frozen = 0
+    for enc in [m for m in model.modules() if isinstance(m, PreTrainedModel)]:
+        n_layers = int(getattr(enc.config, "num_hidden_layers", 0))
+        layers = next((m for m in enc.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
+        if layers is None or n_layers == 0:
+            raise UserError(f"--freeze-layers {k}: cannot find the transformer layers of {type(enc).__name__}; "
+                            f"use --freeze-layers 0")
+        if k >= n_layers:
+            raise UserError(f"--freeze-layers {k}: the encoder has {n_layers} layers, so nothing would train; "
+                            f"give at most {n_layers - 1}")
+        for part in [enc.get_input_embeddings(), getattr(enc, "embeddings", None), *layers[:k]]:
+            for p in (part.parameters() if part is not None else ()):
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen += p.numel()
+    return frozen
 
 
 def make_optimizer(params: list, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:

@@ -24,7 +24,7 @@ from checkpoint import load_train_state, read_progress, save_train_state, set_rn
 from metrics import evaluate_run
 from train_data import GRADE, Batch, StageData, TokenStore, plan_epoch, topic_clusters
 from train_embed import autocast, embed_global
-from train_ops import make_optimizer, set_dropout, use_fast_dropout
+from train_ops import freeze_lower_layers, make_optimizer, set_dropout, use_fast_dropout
 from train_parts import (SELECT, auto_batch_size, best_of, better, ignored_model_flags, judged_sets, loss_inputs,
                          lr_lambda, selection_rule, shown_score)
 from two_tower_model import TwoTowerModel, model_overrides
@@ -129,6 +129,10 @@ class Trainer:
             log.info("stage %d: dropout %g in %d dropout layers (--dropout)", stage, a.dropout, layers)
         if self.fast_dropout:  # the training stream only: eval forwards and saved checkpoints are unchanged
             use_fast_dropout(model)
+        if a.freeze_layers:  # before the optimizer is made: it gets only what still trains
+            n = freeze_lower_layers(model, a.freeze_layers)
+            log.info("stage %d: embeddings and the lowest %d layers kept fixed (%s parameters; --freeze-layers)",
+                     stage, a.freeze_layers, f"{n:,}")
         return model.to(self.device), start_epoch
 
     def data_for(self, stage: int, split: str) -> StageData:

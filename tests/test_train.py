@@ -243,6 +243,28 @@ def test_set_dropout_reaches_every_dropout_layer_and_makes_training_forwards_rep
         tt.parse_args(["--stage", "1", "--dropout", "1"])  # p = 1 would zero every activation
 
 
+@pytest.mark.parametrize("towers", ["shared", "separate"])
+def test_freeze_layers_keeps_the_embeddings_and_lower_layers_at_their_start(data_dir, tmp_path, tiny_encoder_dir,
+                                                                             towers):
+    """--freeze-layers 1 on the tiny 2-layer encoder: embeddings and layer 0 of every tower come out of
+    training bit-identical, layer 1 and the rest move; 2 (= every layer) is refused."""
+    from two_tower_model import TwoTowerModel
+    ck = tmp_path / "ck"
+    tt.main(tt.parse_args(_argv(data_dir, ck, tiny_encoder_dir, "--stage", "1", "--max-steps", "2", "--lr", "1e-3",
+                                "--tower-sharing", towers, "--freeze-layers", "1")))
+    start = TwoTowerModel.from_pretrained(str(tiny_encoder_dir), tower_sharing=towers).state_dict()
+    after = _weights(ck / "stage1.pt")
+    fixed = [k for k in after if ".embeddings." in k or ".layer.0." in k]
+    moving = [k for k in after if ".layer.1." in k and k.endswith("weight")]
+    assert fixed and moving and set(fixed) | set(moving) <= set(start)
+    assert {k.split(".")[0] for k in fixed} == {"query_tower", "product_tower"}  # separate towers: two encoders
+    assert all(torch.equal(after[k], start[k]) for k in fixed)
+    assert all(not torch.equal(after[k], start[k]) for k in moving)
+    with pytest.raises(UserError, match="--freeze-layers 2: the encoder has 2 layers"):
+        tt.main(tt.parse_args(_argv(data_dir, tmp_path / "ck2", tiny_encoder_dir, "--stage", "1", "--max-steps", "1",
+                                    "--freeze-layers", "2")))
+
+
 def test_every_tensor_a_loss_receives_is_on_the_model_device():
     """Built on the `meta` device: a tensor left on the CPU (the old triplet padding mask) fails."""
     from train_data import Batch
