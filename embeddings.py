@@ -8,7 +8,9 @@ fingerprint, catalog checksum, dimension, count):
   - an unchanged catalog + model is never encoded twice (the cached file is returned after a
     check of its shape and of finite values);
   - an interrupted encode resumes at the last completed chunk;
-  - under torchrun each process encodes its own slice and rank 0 assembles the result.
+  - under torchrun each process encodes its own slice and rank 0 assembles the result;
+  - after each use, `prune_caches` removes all but the few most recently used entries
+    (--keep-caches, default 4: one workflow's encodes), so retraining does not fill the disk.
 
 `build_index` / `write_index` + `save_index_meta` / `load_index` build, write and check FAISS indices with a metadata.json
 that names the model and catalog they belong to; a mismatch is refused.
@@ -16,6 +18,8 @@ that names the model and catalog they belong to; a mismatch is refused.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,9 +30,10 @@ import backends
 from cli import progress
 from fileio import atomic_path, read_json, read_parquet, write_json, write_parquet
 from paths import embedding_cache_dir
-from utils import UserError, barrier, init_distributed, log
+from utils import UserError, barrier, init_distributed, is_main_process, log
 
 CHUNK = 8192
+KEEP_CACHES = 4  # a workflow's four catalog encodes: the baseline, the stage-1 and stage-2 models, the trained one
 
 
 def catalog_fingerprint(products: pd.DataFrame) -> str:
@@ -46,14 +51,43 @@ def _open(path: Path, n: int, d: int, mode: str) -> np.memmap:
 
 
 def catalog_embeddings(model, products: pd.DataFrame, data_dir: Path, batch_size: int = 64,
-                       show_progress: bool = True, backend: str = "torch") -> tuple[np.ndarray, dict]:
+                       show_progress: bool = True, backend: str = "torch",
+                       keep_caches: int = KEEP_CACHES) -> tuple[np.ndarray, dict]:
     """The model's embeddings of the catalog from its one cache under data_dir (encoded if needed),
-    by `backend` (backends.py: torch, openvino or auto); each backend has its own cache entry."""
+    by `backend` (backends.py: torch, openvino or auto); each backend has its own cache entry. Then
+    all but the `keep_caches` most recently used cache entries are removed (prune_caches; 0 = none)."""
     concrete = backends.resolve_backend(backend, model.device)
     key = backends.backend_key(concrete, model.device)
     cache = embedding_cache_dir(data_dir, model.fingerprint() + (f"-{key}" if key else ""))
-    return encode_catalog(model, products, cache, batch_size, show_progress,
-                          make_encoder=lambda: backends.product_encoder(model, concrete), backend=key or "torch")
+    out = encode_catalog(model, products, cache, batch_size, show_progress,
+                         make_encoder=lambda: backends.product_encoder(model, concrete), backend=key or "torch")
+    if is_main_process():
+        prune_caches(cache.parent, keep_caches, cache)
+    return out
+
+
+def _last_use(d: Path) -> float:
+    """When a cache entry was last written or hit (encode_catalog touches embeddings.json on a hit)."""
+    return max([f.stat().st_mtime for f in d.iterdir()] + [d.stat().st_mtime])
+
+
+def prune_caches(root: Path, keep: int, current: Path) -> list[Path]:
+    """Remove all but the `keep` most recently used entries of the catalog-embedding cache `root`
+    (data/embeddings_cache/); `current`, the entry just used, always stays; keep 0 removes nothing.
+    An entry is products x dim x 4 bytes (84 MB for Home Depot's 54,667 titles, 2.8 GB for 1.8M
+    products), and every trained model adds one, so a data dir trained in many times would fill the
+    disk. Returns the removed entries."""
+    root, current = Path(root), Path(current)
+    if keep <= 0 or not root.is_dir():
+        return []
+    others = sorted((d for d in root.iterdir() if d.is_dir() and d.name != current.name), key=_last_use, reverse=True)
+    removed = others[max(keep - 1, 0):]
+    for d in removed:
+        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("removed the catalog-embedding cache %s (%.0f MB, least recently used; --keep-caches %d)",
+                 d, size / 2 ** 20, keep)
+    return removed
 
 
 def _cache_ok(final: Path, fp: dict) -> bool:
@@ -80,6 +114,8 @@ def encode_catalog(model, products: pd.DataFrame, cache_dir: Path, batch_size: i
     if final.is_file() and meta_path.is_file() and read_json(meta_path).get("fingerprint") == fp:
         if _cache_ok(final, fp):
             log.info("catalog embeddings up to date in %s (cache hit)", final)
+            if rank == 0:
+                os.utime(meta_path)  # a use: prune_caches keeps the most recently used entries
             return np.load(final, mmap_mode="r"), read_json(meta_path)
         log.warning("cached %s is damaged (shape or non-finite values); encoding again", final)
     texts = products["product_text"].to_numpy()

@@ -214,7 +214,7 @@ def main(args: argparse.Namespace) -> dict:
         queries = load_prepared(args.data_dir, "training_pairs", ["query_id", "query"]).drop_duplicates("query_id")
         gt = load_prepared(args.data_dir, "ground_truth")
         emb, _ = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size,
-                                    backend=args.backend)
+                                    backend=args.backend, keep_caches=args.keep_caches)
         if not is_main_process():
             return {}
         cat_ids = products["product_id"].to_numpy()

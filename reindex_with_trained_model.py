@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> dict:
     products = load_catalog(args.data_dir)
     with Timer() as t_enc:
         emb, emb_meta = catalog_embeddings(model, products, args.data_dir, batch_size=args.encode_batch_size,
-                                    backend=args.backend)
+                                    backend=args.backend, keep_caches=args.keep_caches)
     if not is_main_process():
         return {}
     meta = {"model": info, "model_fingerprint": info["fingerprint"],

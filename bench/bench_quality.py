@@ -174,7 +174,8 @@ def dense_runs(model: TwoTowerModel, products: pd.DataFrame, sets: dict, data: P
     """The model's runs (exact search over the whole catalog, top 200) for each query set
     {name: (queries, cands)}. The catalog embeddings come from the model's cache in `data`
     (filled by the workflow's reindex/mining); judged products are scored from them (no encode)."""
-    p_emb, meta = catalog_embeddings(model, products, data, show_progress=len(products) > 20_000)
+    p_emb, meta = catalog_embeddings(model, products, data, show_progress=len(products) > 20_000,
+                                     keep_caches=0)  # a bench work dir keeps every model's encode
     index = build_index(p_emb, "flat")
     ids = products["product_id"].to_numpy()
     out = {name: dense_run(model, index, ids, q, 200, cands, vectors=lambda r: p_emb[r])

@@ -1,7 +1,9 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -221,6 +223,46 @@ def test_mining_and_reindex_share_one_encode(data_dir, tiny_encoder_dir, monkeyp
     rx.main(rx.parse_args(["--checkpoint", str(ck), "--data-dir", str(data_dir), "--no-hnsw",
                            "--report-queries", "0", "--backend", "torch"]))
     assert sum(encoded) == n  # cache hit: no second encode
+
+
+def _fake_cache(root, name, age_s):
+    d = root / name
+    d.mkdir(parents=True)
+    for f in ("embeddings.npy", "embeddings.json"):
+        (d / f).write_bytes(b"x")
+        os.utime(d / f, (time.time() - age_s, time.time() - age_s))
+    return d
+
+
+def test_prune_caches_keeps_the_most_recently_used_and_the_current_entry(tmp_path):
+    root = tmp_path / "embeddings_cache"
+    old, mid, new, cur = (_fake_cache(root, n, a) for n, a in [("old", 300), ("mid", 200), ("new", 100), ("cur", 900)])
+    assert E.prune_caches(root, 0, cur) == [] and len(list(root.iterdir())) == 4  # 0 keeps all
+    removed = E.prune_caches(root, 3, cur)  # the current entry (oldest here) counts as one of the 3
+    assert sorted(p.name for p in removed) == ["old"]
+    assert sorted(p.name for p in root.iterdir()) == ["cur", "mid", "new"]
+    assert [p.name for p in E.prune_caches(root, 1, cur)] == ["new", "mid"] and [p.name for p in root.iterdir()] == ["cur"]
+
+
+def test_keep_caches_reaches_the_encode_phases_and_a_hit_counts_as_a_use(data_dir, tiny_encoder_dir):
+    """reindex and mining prune the cache after their encode: --keep-caches 2 leaves the entry they
+    used and the one used last before it; a cache hit makes an entry recent again."""
+    root = data_dir / "embeddings_cache"
+    stale, recent = _fake_cache(root, "stale", 300), _fake_cache(root, "recent", 100)
+    base = ["--baseline", "--base-model", str(tiny_encoder_dir), "--data-dir", str(data_dir), "--backend", "torch"]
+    rx.main(rx.parse_args([*base, "--no-hnsw", "--report-queries", "0", "--keep-caches", "2"]))
+    model_dir = TwoTowerModel.from_pretrained(str(tiny_encoder_dir)).fingerprint()
+    assert sorted(p.name for p in root.iterdir()) == sorted([model_dir, "recent"])
+    for f in (root / model_dir).iterdir():  # the model's encode was long ago ...
+        os.utime(f, (time.time() - 400, time.time() - 400))
+    _fake_cache(root, "stale", 50)
+    hnm.main(hnm.parse_args([*base, "--output", str(data_dir / "hn.parquet"), "--keep-caches", "2"]))  # ... a hit now
+    assert sorted(p.name for p in root.iterdir()) == sorted([model_dir, "stale"])
+    other = _fake_cache(root, "other", 10)
+    assert [p.name for p in E.prune_caches(root, 2, other)] == ["stale"]  # the hit made the model's entry recent
+    _fake_cache(root, "more", 5)
+    rx.main(rx.parse_args([*base, "--no-hnsw", "--report-queries", "0", "--keep-caches", "0", "--overwrite"]))
+    assert len(list(root.iterdir())) == 3  # 0 keeps all
 
 
 def test_damaged_cache_is_encoded_again(data_dir, tiny_encoder_dir):
