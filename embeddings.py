@@ -81,7 +81,7 @@ def prune_caches(root: Path, keep: int, current: Path) -> list[Path]:
     if keep <= 0 or not root.is_dir():
         return []
     others = sorted((d for d in root.iterdir() if d.is_dir() and d.name != current.name), key=_last_use, reverse=True)
-    removed = others[max(keep - 1, 0):]
+    removed = others[keep - 1:]  # keep >= 1 here; the current entry is one of them
     for d in removed:
         size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
         shutil.rmtree(d, ignore_errors=True)
